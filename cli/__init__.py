@@ -1,0 +1,64 @@
+"""The command line. Each module registers its subcommands; with no subcommand the UI starts."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from embeddings.embedding import EmbeddingError
+from models.base import ModelError
+
+# Each module has `register(subparsers)` and sets `func(args) -> int` on its parsers.
+COMMAND_MODULES = [
+    "cli.serve",
+    "cli.models_cmd",
+    "cli.embedding_cmds",
+    "cli.preprocess_cmd",
+    "cli.train_cmd",
+]
+
+
+class CliError(Exception):
+    """A user mistake: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="app.py",
+        description="Create, train, inspect and export textual-inversion embeddings for Stable Diffusion.",
+    )
+    parser.add_argument("--data-dir", default=None, help="data folder (default ./data)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:  # a command group not built yet
+            if e.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        args = parser.parse_args(["serve", *argv])
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, EmbeddingError, ModelError, ValueError, OSError) as e:
+        if args.verbose:
+            logging.exception("command failed")
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

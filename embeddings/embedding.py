@@ -1,0 +1,144 @@
+"""The `Embedding` value: named vectors per text encoder, a step count and metadata."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Text-encoder keys. They double as the tensor names in SDXL files (kohya / A1111 layout).
+CLIP_L = "clip_l"  # OpenAI CLIP ViT-L/14 text tower: SD 1.x, and SDXL's first encoder (768)
+CLIP_H = "clip_h"  # OpenCLIP ViT-H/14: SD 2.x (1024)
+CLIP_G = "clip_g"  # OpenCLIP ViT-bigG/14: SDXL's second encoder (1280)
+
+MAX_VECTORS = 75  # one 77-token CLIP chunk minus BOS and EOS
+
+FAMILY_WIDTHS: dict[str, dict[str, int]] = {
+    "sd1": {CLIP_L: 768},
+    "sd2": {CLIP_H: 1024},
+    "sdxl": {CLIP_L: 768, CLIP_G: 1280},
+}
+
+
+class EmbeddingError(ValueError):
+    """A user-facing problem with an embedding (bad name, bad init text, bad shape)."""
+
+
+class EmbeddingFileError(EmbeddingError):
+    """A file that cannot be read or written as an embedding. The message names file and reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path.name}: {reason}")
+
+
+def single_encoder_key(width: int) -> str:
+    """The encoder key for a one-tensor file, which carries no encoder name: guess from width."""
+    return CLIP_H if width == 1024 else CLIP_L
+
+
+@dataclass
+class Embedding:
+    """A textual-inversion embedding.
+
+    `vectors` maps an encoder key (`clip_l`, `clip_h`, `clip_g`) to a float32 CPU tensor of shape
+    [n_vectors, width]. SD 1.x and 2.x embeddings have one entry, SDXL two with equal row counts.
+    `metadata` holds JSON-serialisable values only (init text, base model, settings ...).
+    """
+
+    name: str
+    vectors: dict[str, torch.Tensor]
+    step: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.vectors:
+            raise EmbeddingError(f"embedding {self.name!r} has no vectors")
+        clean: dict[str, torch.Tensor] = {}
+        rows = None
+        for key, t in self.vectors.items():
+            if not isinstance(t, torch.Tensor):
+                raise EmbeddingError(f"embedding {self.name!r}: {key} is not a tensor")
+            t = t.detach().to("cpu", torch.float32)
+            if t.dim() == 1:
+                t = t.unsqueeze(0)
+            if t.dim() != 2:
+                raise EmbeddingError(
+                    f"embedding {self.name!r}: {key} has shape {tuple(t.shape)}, expected [vectors, width]"
+                )
+            if rows is not None and t.shape[0] != rows:
+                raise EmbeddingError(
+                    f"embedding {self.name!r}: encoders disagree on the vector count ({rows} vs {t.shape[0]})"
+                )
+            rows = t.shape[0]
+            clean[key] = t.contiguous()
+        self.vectors = clean
+        self.step = int(self.step or 0)
+
+    @property
+    def num_vectors(self) -> int:
+        return next(iter(self.vectors.values())).shape[0]
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {k: int(v.shape[1]) for k, v in self.vectors.items()}
+
+    @property
+    def family(self) -> str | None:
+        """The model family whose widths match exactly, or None (e.g. the tiny test model)."""
+        for fam, widths in FAMILY_WIDTHS.items():
+            if widths == self.widths:
+                return fam
+        return None
+
+    def fits(self, widths: dict[str, int]) -> bool:
+        """Whether this embedding can be used with a model whose encoders have these widths."""
+        return self.widths == dict(widths)
+
+    def mismatch_reason(self, widths: dict[str, int]) -> str | None:
+        if self.fits(widths):
+            return None
+        have = " + ".join(f"{k} {w}" for k, w in self.widths.items())
+        want = " + ".join(f"{k} {w}" for k, w in widths.items())
+        return f"width {have} does not match the model's {want}"
+
+    def norms(self) -> dict[str, list[float]]:
+        return {k: [float(x) for x in v.norm(dim=1)] for k, v in self.vectors.items()}
+
+    def is_finite(self) -> bool:
+        return all(bool(torch.isfinite(v).all()) for v in self.vectors.values())
+
+    def copy(self, **changes: Any) -> "Embedding":
+        vectors = changes.pop("vectors", {k: v.clone() for k, v in self.vectors.items()})
+        metadata = changes.pop("metadata", dict(self.metadata))
+        return Embedding(
+            name=changes.pop("name", self.name),
+            vectors=vectors,
+            step=changes.pop("step", self.step),
+            metadata=metadata,
+            **changes,
+        )
+
+    def equal(self, other: "Embedding") -> bool:
+        """Bit-exact equality of the vectors (names and metadata are not compared)."""
+        return self.vectors.keys() == other.vectors.keys() and all(
+            torch.equal(self.vectors[k], other.vectors[k]) for k in self.vectors
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """What `inspect` shows; JSON-serialisable."""
+        norms = self.norms()
+        return {
+            "name": self.name,
+            "vectors": self.num_vectors,
+            "widths": self.widths,
+            "family": self.family,
+            "step": self.step,
+            "healthy": self.is_finite(),
+            "norms": {k: [round(x, 6) if math.isfinite(x) else str(x) for x in v] for k, v in norms.items()},
+            "metadata": self.metadata,
+        }

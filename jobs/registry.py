@@ -1,0 +1,246 @@
+"""Jobs, their event logs, and the single worker thread that runs them in order."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def done(self) -> bool:
+        return self in (JobState.FINISHED, JobState.FAILED, JobState.INTERRUPTED)
+
+
+class JobInterrupted(Exception):
+    """Raised by a job function that honoured a stop request (after saving what it must)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a job's log. `kind` is one of: state, progress, loss, norms, eval, preview,
+    message, warning, files, result, error."""
+
+    seq: int
+    time: float
+    kind: str
+    data: dict[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=str)
+
+
+JobFn = Callable[["Job"], Any]
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    title: str
+    fn: JobFn | None = None
+    state: JobState = JobState.QUEUED
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    ended: float | None = None
+    result: Any = None
+    error: str | None = None
+    log_path: Path | None = None
+    _events: list[Event] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _changed: threading.Condition = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self._changed = threading.Condition(self._lock)
+
+    # --- writing (the job function) -------------------------------------------------------
+    def emit(self, kind: str, **data: Any) -> Event:
+        with self._lock:
+            ev = Event(seq=len(self._events), time=time.time(), kind=kind, data=data)
+            self._events.append(ev)
+            self._changed.notify_all()
+        if self.log_path is not None:
+            try:
+                with open(self.log_path, "a", encoding="utf-8") as f:
+                    f.write(ev.to_json() + "\n")
+            except OSError as e:  # a full disk must not kill the run; the in-memory log remains
+                log.warning("cannot append to %s: %s", self.log_path, e)
+        return ev
+
+    def message(self, text: str) -> None:
+        self.emit("message", text=text)
+
+    def warning(self, text: str) -> None:
+        self.emit("warning", text=text)
+
+    def progress(self, done: int, total: int, **extra: Any) -> None:
+        self.emit("progress", done=done, total=total, **extra)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def check_stop(self) -> None:
+        """Cooperative interrupt point for loops that have nothing to save."""
+        if self._stop.is_set():
+            raise JobInterrupted()
+
+    # --- reading (UI, CLI, tests) -------------------------------------------------------------
+    def events_since(self, cursor: int = 0) -> tuple[list[Event], int]:
+        with self._lock:
+            evs = self._events[cursor:]
+            return evs, cursor + len(evs)
+
+    def wait_events(self, cursor: int, timeout: float = 1.0) -> tuple[list[Event], int]:
+        """Block until there is an event past `cursor` or the job is done (or timeout)."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self._events) > cursor or self.state.done, timeout=timeout)
+        return self.events_since(cursor)
+
+    def events(self, kind: str | None = None) -> list[Event]:
+        with self._lock:
+            return [e for e in self._events if kind is None or e.kind == kind]
+
+    def last(self, kind: str) -> Event | None:
+        with self._lock:
+            for e in reversed(self._events):
+                if e.kind == kind:
+                    return e
+        return None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        if self.state == JobState.QUEUED:
+            self._set_state(JobState.INTERRUPTED)
+
+    def wait(self, timeout: float | None = None) -> JobState:
+        deadline = None if timeout is None else time.time() + timeout
+        with self._changed:
+            while not self.state.done:
+                left = None if deadline is None else deadline - time.time()
+                if left is not None and left <= 0:
+                    break
+                self._changed.wait(timeout=left if left is not None else 1.0)
+        return self.state
+
+    def _set_state(self, state: JobState) -> None:
+        with self._lock:
+            self.state = state
+            if state == JobState.RUNNING:
+                self.started = time.time()
+            if state.done:
+                self.ended = time.time()
+        self.emit("state", state=state.value)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "title": self.title,
+            "state": self.state.value,
+            "created": self.created,
+            "started": self.started,
+            "ended": self.ended,
+            "error": self.error,
+        }
+
+
+class JobRegistry:
+    """Holds every job of this process and runs them one at a time on one daemon thread."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._order: list[str] = []
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._thread: threading.Thread | None = None
+        self.current: Job | None = None
+
+    def submit(self, kind: str, title: str, fn: JobFn, *, log_path: Path | None = None) -> Job:
+        job = Job(id=f"{kind}-{next(self._ids)}-{int(time.time())}", kind=kind, title=title, fn=fn, log_path=log_path)
+        with self._lock:
+            self._jobs[job.id] = job
+            self._order.append(job.id)
+            ahead = sum(1 for j in self._jobs.values() if j is not job and not j.state.done)
+        job.emit("state", state=JobState.QUEUED.value, ahead=ahead)
+        self._queue.put(job)
+        self._ensure_thread()
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def jobs(self, kind: str | None = None) -> list[Job]:
+        with self._lock:
+            return [self._jobs[i] for i in self._order if kind is None or self._jobs[i].kind == kind]
+
+    def latest(self, kind: str | None = None) -> Job | None:
+        js = self.jobs(kind)
+        return js[-1] if js else None
+
+    def active(self) -> list[Job]:
+        return [j for j in self.jobs() if not j.state.done]
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        for j in self.active():
+            j.request_stop()
+        self._queue.put(None)
+        if self._thread:
+            self._thread.join(timeout)
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ti-worker", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if job.state.done:  # stopped while queued
+                continue
+            self.current = job
+            run_job(job)
+            self.current = None
+
+
+def run_job(job: Job) -> None:
+    """Run a job's function in the calling thread, turning its outcome into state and events.
+
+    The CLI uses this directly (no thread needed); the worker uses it for queued jobs.
+    """
+    job._set_state(JobState.RUNNING)
+    try:
+        job.result = job.fn(job) if job.fn else None
+        if job.result is not None:
+            job.emit("result", value=job.result)
+        job._set_state(JobState.INTERRUPTED if job.stop_requested else JobState.FINISHED)
+    except JobInterrupted:
+        job._set_state(JobState.INTERRUPTED)
+    except Exception as e:  # the job's own failure; the worker must keep going
+        job.error = str(e) or e.__class__.__name__
+        log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+        job.emit("error", text=job.error, type=e.__class__.__name__)
+        job._set_state(JobState.FAILED)

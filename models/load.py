@@ -1,0 +1,124 @@
+"""Resolve a model argument (`tiny`, a folder, a checkpoint file, a hub id) and load it offline."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from embeddings.embedding import CLIP_G, CLIP_H, CLIP_L
+from models.base import BaseModel, ModelError
+from models.hashing import short_hash
+from workspace.datadir import DataDir
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def load_base_model(spec: str, data_dir: DataDir) -> BaseModel:
+    """Load a base model by what the user typed. Never touches the network unless the user
+    has turned HF_HUB_OFFLINE off, and then only for hub ids."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise ModelError("no base model given: use 'tiny', a diffusers folder, a .safetensors/.ckpt file or a hub id")
+    if spec.lower() == "tiny":
+        from models.tiny import TINY_NAME, ensure_tiny_model
+
+        folder = ensure_tiny_model(data_dir.cache)
+        return load_diffusers_folder(
+            folder, name=TINY_NAME, source="builtin", random_weights=True, cache_dir=data_dir.cache
+        )
+    path = Path(spec).expanduser()
+    if not path.exists() and (data_dir.models / spec).exists():
+        path = data_dir.models / spec
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelError(f"{path}: not a diffusers model folder (no model_index.json)")
+        return load_diffusers_folder(path, name=path.name, source="diffusers", cache_dir=data_dir.cache)
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise ModelError(f"{path.name}: not a checkpoint (expected .safetensors or .ckpt)")
+        from models.single_file import load_single_file
+
+        return load_single_file(path, data_dir=data_dir)
+    if "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1:
+        return load_hub_model(spec, data_dir)
+    raise ModelError(f"{spec}: no such model file, folder or built-in name")
+
+
+def load_hub_model(repo_id: str, data_dir: DataDir) -> BaseModel:
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        folder = snapshot_download(
+            repo_id,
+            local_files_only=offline,
+            allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"],
+            ignore_patterns=["*.fp16.*", "*non_ema*", "*ema-only*", "safety_checker/*"],
+        )
+    except OSError as e:  # LocalEntryNotFoundError and connection errors are OSErrors
+        raise ModelError(
+            f"{repo_id} is not in the local Hugging Face cache and downloads are off: "
+            f"download it once (HF_HUB_OFFLINE=0 python app.py models --download {repo_id}), "
+            "or point at a local folder or .safetensors file"
+        ) from e
+    return load_diffusers_folder(Path(folder), name=repo_id, source="hub", location=repo_id, cache_dir=data_dir.cache)
+
+
+def load_diffusers_folder(
+    folder: Path,
+    *,
+    name: str,
+    source: str,
+    location: str | None = None,
+    random_weights: bool = False,
+    cache_dir: Path | None = None,
+) -> BaseModel:
+    import diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from models.tokenizer import load_clip_tokenizer
+
+    folder = Path(folder)
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        is_xl = "text_encoder_2" in index and index.get("text_encoder_2") not in (None, [None, None])
+        tokenizers = [load_clip_tokenizer(folder / "tokenizer")]
+        text_encoders = [CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)]
+        if is_xl:
+            tokenizers.append(load_clip_tokenizer(folder / "tokenizer_2"))
+            text_encoders.append(
+                CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", local_files_only=True)
+            )
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
+        sched_cls_name = index.get("scheduler", [None, "DDIMScheduler"])[1]
+        sched_cls = getattr(diffusers, sched_cls_name, diffusers.DDIMScheduler)
+        scheduler = sched_cls.from_pretrained(folder / "scheduler", local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelError(f"{folder}: cannot load as a diffusers model: {e}") from e
+
+    width = text_encoders[0].get_input_embeddings().weight.shape[1]
+    if is_xl:
+        family, keys = "sdxl", (CLIP_L, CLIP_G)
+    elif width == 1024:
+        family, keys = "sd2", (CLIP_H,)
+    else:
+        family, keys = "sd1", (CLIP_L,)
+    model = BaseModel(
+        name=name,
+        source=source,
+        location=location or str(folder),
+        family=family,
+        encoder_keys=keys,
+        tokenizers=tokenizers,
+        text_encoders=text_encoders,
+        unet=unet,
+        vae=vae,
+        scheduler=scheduler,
+        prediction_type=scheduler.config.get("prediction_type", "epsilon"),
+        short_hash=short_hash(folder, cache_dir),
+        random_weights=random_weights,
+    )
+    return model.freeze()

@@ -1,0 +1,1 @@
+"""Gradio Blocks. One module per tab; they only wire widgets to core functions."""

@@ -1,0 +1,1 @@
+"""Where user data lives (the data folder) and how files are written safely."""
