@@ -1,0 +1,64 @@
+"""A repeatable evaluation loss: the same images, prompts, noise and timesteps every time.
+
+The training loss is one noisy sample per step (random timestep, random noise), so its curve
+says little about which step is best. This loss fixes every random choice once, so two calls
+with the same vectors give the same number and a lower number means the vectors explain the
+training images better. It is also the proof, in the tests, that training really learns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from training.loss import denoise_loss
+
+
+class Evaluator:
+    """Built once per run; `loss(vectors)` runs without gradients."""
+
+    def __init__(
+        self,
+        model,
+        encoder,
+        noise_scheduler,
+        latents: Sequence[torch.Tensor],
+        prompts: Sequence[str],
+        name: str,
+        *,
+        plan,
+        seed: int,
+        timesteps_per_image: int = 4,
+        added_time_ids: Sequence[torch.Tensor | None] | None = None,
+    ):
+        self.model = model
+        self.encoder = encoder
+        self.noise_scheduler = noise_scheduler
+        self.name = name
+        self.plan = plan
+        gen = torch.Generator(device="cpu").manual_seed(seed + 7919)
+        steps = noise_scheduler.config.num_train_timesteps
+        # Timesteps spread evenly over the whole range, the same for every image.
+        ts = [int((k + 0.5) * steps / timesteps_per_image) for k in range(timesteps_per_image)]
+        self.items = []
+        for i, (lat, prompt) in enumerate(zip(latents, prompts, strict=True)):
+            time_ids = added_time_ids[i] if added_time_ids is not None else None
+            for t in ts:
+                noise = torch.randn(lat.shape, generator=gen)
+                self.items.append((lat, prompt, t, noise, time_ids))
+        self.tokenized = [encoder.tokenize([p]) for _, p, *_ in self.items]
+
+    @torch.no_grad()
+    def loss(self, vectors: Mapping[str, torch.Tensor]) -> float:
+        total = 0.0
+        device = self.plan.device
+        for (lat, prompt, t, noise, time_ids), tp in zip(self.items, self.tokenized, strict=True):
+            with self.plan.autocast():
+                cond = self.encoder.encode([prompt], {self.name: vectors}, tokenized=tp)
+                loss = denoise_loss(
+                    self.model, self.noise_scheduler, lat[None].to(device), noise[None].to(device),
+                    torch.tensor([t], device=device), cond, time_ids=None if time_ids is None else time_ids[None],
+                )
+            total += float(loss)
+        return total / max(1, len(self.items))

@@ -1,0 +1,79 @@
+"""Preview images during training, generated from the live vectors (never a stale cache).
+
+Each preview is a PNG whose text chunk `parameters` holds the generation settings in A1111's
+infotext layout, so dropping it into A1111's "PNG Info" (or reading it here) recovers them.
+The VAE is brought to the accelerator only for the preview and sent back afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from embeddings.embedding import Embedding
+from workspace.atomic import atomic_path
+
+SCHEDULER_CLASSES = {
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+
+
+@dataclass(frozen=True)
+class PreviewSpec:
+    prompt: str
+    negative: str
+    seed: int
+    steps: int
+    cfg: float
+    width: int
+    height: int
+    scheduler: str  # a key of SCHEDULER_CLASSES or "default"
+
+    def infotext(self, model, embedding: Embedding) -> str:
+        neg = f"\nNegative prompt: {self.negative}" if self.negative else ""
+        return (
+            f"{self.prompt}{neg}\nSteps: {self.steps}, Sampler: {self.scheduler}, CFG scale: {self.cfg}, "
+            f"Seed: {self.seed}, Size: {self.width}x{self.height}, Model hash: {model.short_hash}, "
+            f"Model: {model.name}, TI: {embedding.name}, TI step: {embedding.step}"
+        )
+
+
+def make_scheduler(model, name: str):
+    """The inference scheduler for previews, configured from the model's own scheduler."""
+    if name in ("", "default"):
+        return None
+    import diffusers
+
+    cls_name, extra = SCHEDULER_CLASSES[name]
+    return getattr(diffusers, cls_name).from_config(model.scheduler.config, **extra)
+
+
+def render_preview(model, embedding: Embedding, spec: PreviewSpec, path: Path, *, device: torch.device,
+                   dtype: torch.dtype) -> Path:
+    """Generate one preview with `embedding` (the live vectors, copied) and save it atomically."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from embeddings.prompt import generate
+
+    vae_device = next(model.vae.parameters()).device
+    model.vae.to(device=device, dtype=dtype)
+    try:
+        image = generate(
+            model, spec.prompt, [embedding], negative_prompt=spec.negative, seed=spec.seed, steps=spec.steps,
+            cfg=spec.cfg, width=spec.width, height=spec.height, scheduler=make_scheduler(model, spec.scheduler),
+        )
+    finally:
+        model.vae.to(vae_device)
+    info = PngInfo()
+    info.add_text("parameters", spec.infotext(model, embedding))
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+    return path
