@@ -1,41 +1,137 @@
-"""The Gradio app shell (tabs are filled in as the core lands)."""
+"""The Gradio app shell: one page, five tabs, launched on localhost with private settings.
+
+Launch settings are the security boundary of a local tool: bind to 127.0.0.1 unless asked, demand a
+password before binding to the network, turn off run history / monitoring / analytics, and serve
+files only from the data folder (plus Gradio's own temp folder).
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
 from workspace.datadir import DataDir
 
+log = logging.getLogger(__name__)
 
-def build(data: DataDir):
-    import gradio as gr
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_UPLOAD = "50mb"
+TITLE = "Textual Inversion Studio"
 
-    with gr.Blocks(title="Textual Inversion Studio", analytics_enabled=False) as demo:
-        gr.Markdown("# Textual Inversion Studio\nCreate, train and export textual-inversion embeddings.")
-        gr.Markdown(f"Data folder: `{data.root}`")
-    return demo
+CSS = """
+#ti-header h1 { margin-bottom: 0; }
+.ti-status textarea { font-family: var(--font-mono); }
+"""
 
 
-def launch(data: DataDir, *, port: int = 7860, model: str | None = None, listen: bool = False,
-           auth: str | None = None, insecure: bool = False, block: bool = True):
-    if listen and not auth and not insecure:
-        raise ValueError("--listen exposes the app to the network: give --auth user:password (or --insecure)")
+@dataclass(frozen=True)
+class LaunchSettings:
+    """What `launch` passes to Gradio, worked out (and checked) from the command-line flags."""
+
+    server_name: str
+    server_port: int
+    auth: tuple[str, str] | None
+    warning: str | None = None
+
+
+def launch_settings(port: int = 7860, listen: bool = False, auth: str | None = None,
+                    insecure: bool = False) -> LaunchSettings:
+    """Refuse to expose the app to the network without a password unless told so explicitly."""
     creds = None
     if auth:
         user, _, pw = auth.partition(":")
         if not user or not pw:
             raise ValueError("--auth must look like user:password")
         creds = (user, pw)
-    if listen and not auth:
-        print("WARNING: serving on all interfaces without a password (--insecure)")
-    demo = build(data)
-    demo.queue()
-    return demo.launch(
-        server_name="0.0.0.0" if listen else "127.0.0.1",
-        server_port=port,
-        auth=creds,
+    warning = None
+    if listen and creds is None:
+        if not insecure:
+            raise ValueError("--listen makes the app reachable from the network: give --auth user:password "
+                             "(or --insecure to allow anyone on the network in)")
+        warning = ("WARNING: serving on all interfaces WITHOUT a password (--insecure): anyone who can reach "
+                   f"this machine on port {port} can use the app and read its data folder.")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"--port {port} is not a valid port")
+    return LaunchSettings(server_name="0.0.0.0" if listen else "127.0.0.1", server_port=int(port),
+                          auth=creds, warning=warning)
+
+
+def drop_handler_js() -> str:
+    """The folder-drop handler, run once on page load (Gradio 6.31 ignores dropped folders)."""
+    return (STATIC / "folder_drop.js").read_text(encoding="utf-8")
+
+
+def build(data: DataDir, *, model: str | None = None, ctx=None):
+    """Build the Blocks app. `ctx` may be passed in so tests and benchmarks share its registry."""
+    import gradio as gr
+
+    from ui.state import AppContext
+
+    ctx = ctx or AppContext(data=data.ensure(), default_model=model)
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(f"# {TITLE}\nCreate, train, inspect and export textual-inversion embeddings. "
+                    f"Data folder: `{ctx.data.root}`", elem_id="ti-header")
+        with gr.Tabs(elem_id="tabs"):
+            _add_tabs(gr, ctx, demo)
+    demo.ti_context = ctx  # type: ignore[attr-defined]  # for tests and benchmarks
+    return demo
+
+
+def _add_tabs(gr, ctx, demo) -> None:
+    from ui import create_tab, embeddings_tab, generate_tab, preprocess_tab, train_tab
+
+    with gr.Tab("Create", id="create") as t_create:
+        create = create_tab.build(ctx)
+    with gr.Tab("Preprocess", id="preprocess") as t_pre:
+        pre = preprocess_tab.build(ctx)
+    with gr.Tab("Train", id="train") as t_train:
+        train = train_tab.build(ctx, demo)
+    with gr.Tab("Embeddings", id="embeddings") as t_emb:
+        emb = embeddings_tab.build(ctx)
+    with gr.Tab("Generate", id="generate") as t_gen:
+        gen = generate_tab.build(ctx)
+
+    # Lists go stale when another tab (or the CLI) changes the data folder: refresh on tab select.
+    t_create.select(lambda m: create_tab.refresh_models(ctx, m), create.model, create.model,
+                    api_visibility="private", show_progress="hidden")
+    t_pre.select(pre.refresh_fn, pre.refresh_inputs, pre.refresh_outputs, api_visibility="private",
+                 show_progress="hidden")
+    t_train.select(train.refresh_fn, train.refresh_inputs, train.refresh_outputs, api_visibility="private",
+                   show_progress="hidden")
+    t_emb.select(emb.refresh_fn, emb.refresh_inputs, emb.refresh_outputs, api_visibility="private",
+                 show_progress="hidden")
+    t_gen.select(gen.refresh_fn, gen.refresh_inputs, gen.refresh_outputs, api_visibility="private",
+                 show_progress="hidden")
+    create.created.change(emb.refresh_fn, emb.refresh_inputs, emb.refresh_outputs, api_visibility="private",
+                          show_progress="hidden")
+
+
+def launch(data: DataDir, *, port: int = 7860, model: str | None = None, listen: bool = False,
+           auth: str | None = None, insecure: bool = False, block: bool = True, ctx=None):
+    """Start the server. Returns Gradio's (app, local_url, share_url) when `block` is False."""
+    settings = launch_settings(port, listen, auth, insecure)
+    if settings.warning:
+        print(settings.warning, flush=True)
+        log.warning(settings.warning)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    data = data.ensure()
+    demo = build(data, model=model, ctx=ctx)
+    demo.queue(default_concurrency_limit=4, max_size=64)
+    result = demo.launch(
+        server_name=settings.server_name,
+        server_port=settings.server_port,
+        auth=settings.auth,
         allowed_paths=[str(data.root)],
+        max_file_size=MAX_UPLOAD,
         prevent_thread_lock=not block,
         footer_links=[],
         run_history=False,
         enable_monitoring=False,
+        show_error=False,
         quiet=not block,
+        css=CSS,
+        js=drop_handler_js(),
     )
+    return demo, result

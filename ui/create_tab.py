@@ -1,0 +1,122 @@
+"""Create tab: pick a base model, name the embedding, see its tokens and prompt budget, create it.
+
+The plan (which init tokens fill which vectors, how much of the 75-token prompt it takes) is shown
+live as you type, before anything is written, because a wrong init text or vector count is the
+most common silent mistake (user-needs P11).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from ui.common import fail, user_errors
+from ui.state import AppContext
+
+
+@dataclass
+class CreateTab:
+    model: gr.Dropdown
+    result: gr.Markdown
+    created: gr.Textbox  # name of the last created embedding: other tabs refresh on its change
+
+
+def model_dropdown(ctx: AppContext, label: str, elem_id: str) -> gr.Dropdown:
+    choices = [(c.label, c.spec) for c in ctx.model_choices()]
+    return gr.Dropdown(
+        choices=choices,
+        value=ctx.default_model_spec(),
+        allow_custom_value=True,
+        label=label,
+        info="tiny is built in (random weights). Or type a diffusers folder, a .safetensors/.ckpt file, or a hub id.",
+        elem_id=elem_id,
+    )
+
+
+def refresh_models(ctx: AppContext, current: str | None):
+    choices = [(c.label, c.spec) for c in ctx.model_choices()]
+    return gr.Dropdown(choices=choices, value=current or ctx.default_model_spec())
+
+
+def describe_plan(ctx: AppContext, model_spec: str, name: str, init_text: str, vectors: float, mode: str) -> str:
+    """Markdown shown under the form; problems appear inline instead of as pop-ups."""
+    from embeddings.create import plan_embedding
+    from embeddings.embedding import EmbeddingError
+
+    if not (name or "").strip():
+        return "Type a name: it is the word you will put in prompts."
+    loaded = ctx.loaded_model(model_spec)
+    tokenizer = loaded.tokenizers[0] if loaded is not None else ctx.tokenizer()
+    try:
+        plan = plan_embedding(tokenizer, name, init_text, int(vectors), mode)  # type: ignore[arg-type]
+    except EmbeddingError as e:
+        return f"**Cannot create yet:** {e}"
+    lines = [f"- {line}" for line in plan.describe()]
+    existing = ctx.existing_embedding(plan.name)
+    if existing is not None:
+        lines.append(f"- **{existing.name} already exists**: tick *Overwrite* to replace it.")
+    return "\n".join(lines)
+
+
+def create(ctx: AppContext, model_spec: str, name: str, init_text: str, vectors: float, mode: str,
+           fmt: str, overwrite: bool) -> tuple[str, str]:
+    from embeddings.create import create_embedding, plan_embedding
+    from embeddings.formats import save_embedding
+
+    name = (name or "").strip()
+    if not name:
+        raise fail("Give the embedding a name first")
+    plan_embedding(ctx.tokenizer(), name, init_text, int(vectors), mode)  # type: ignore[arg-type]  # fail fast
+    existing = ctx.existing_embedding(name)
+    if existing is not None and not overwrite:
+        raise fail(f"{existing.name} already exists in the library; tick Overwrite to replace it")
+    model = ctx.model(model_spec)
+    emb = create_embedding(model, name, init_text, int(vectors), mode)  # type: ignore[arg-type]
+    target = ctx.data.embeddings / f"{name}.{fmt or 'safetensors'}"
+    path = save_embedding(emb, target)
+    if existing is not None and existing != path:
+        existing.unlink(missing_ok=True)  # replaced by the new file in another format
+    msg = (f"Created **{emb.name}** ({emb.num_vectors} vector(s), width {emb.widths}) on {model.label}: "
+           f"`{path.name}`. Train it in the Train tab.")
+    return msg, emb.name
+
+
+def build(ctx: AppContext) -> CreateTab:
+    gr.Markdown("Create a new embedding. Its vectors start from the init text's token embeddings.")
+    with gr.Row():
+        with gr.Column(scale=3):
+            model = model_dropdown(ctx, "Base model", "create_model")
+            name = gr.Textbox(label="Name (the word you use in prompts)", placeholder="my-cat", elem_id="create_name")
+            init_text = gr.Textbox(label="Initialization text", value="*", elem_id="create_init",
+                                   info="words close to the concept, e.g. 'cat' or 'oil painting'")
+            vectors = gr.Slider(1, 75, value=1, step=1, label="Vectors per token", elem_id="create_vectors")
+            with gr.Row():
+                mode = gr.Radio([("From init text", "text"), ("Zeros", "zeros"), ("Random", "random")],
+                                value="text", label="Initial vectors", elem_id="create_mode")
+                fmt = gr.Radio(["safetensors", "pt"], value="safetensors", label="File format", elem_id="create_fmt")
+            overwrite = gr.Checkbox(False, label="Overwrite an existing embedding with this name",
+                                    elem_id="create_overwrite")
+            btn = gr.Button("Create embedding", variant="primary", elem_id="create_btn")
+        with gr.Column(scale=2):
+            plan = gr.Markdown("Type a name: it is the word you will put in prompts.", elem_id="create_plan")
+            result = gr.Markdown(elem_id="create_result")
+            created = gr.Textbox(visible=False, elem_id="create_created")
+
+    inputs = [model, name, init_text, vectors, mode]
+
+    def plan_fn(m: str, n: str, t: str, v: float, md: str) -> str:
+        return describe_plan(ctx, m, n, t, v, md)
+
+    for comp in inputs:
+        comp.change(plan_fn, inputs, plan, api_name="create_plan" if comp is name else None,
+                    api_visibility="public" if comp is name else "private", show_progress="hidden")
+
+    @user_errors("Create")
+    def create_fn(m: str, n: str, t: str, v: float, md: str, f: str, ow: bool) -> tuple[str, str, str]:
+        msg, created_name = create(ctx, m, n, t, v, md, f, ow)
+        return msg, created_name, describe_plan(ctx, m, n, t, v, md)
+
+    btn.click(create_fn, [*inputs, fmt, overwrite], [result, created, plan], api_name="create_embedding",
+              concurrency_id="model", concurrency_limit=1)
+    return CreateTab(model=model, result=result, created=created)

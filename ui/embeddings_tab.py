@@ -1,0 +1,265 @@
+"""Embeddings tab: the library as a table, inspect one, export it, rename, delete, add files.
+
+The table says *why* a file is skipped (wrong width, not an embedding, broken file) because
+"embedding skipped" with no reason is the most repeated complaint in the ecosystem (P4).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from ui.common import Refresh, fail, user_errors
+from ui.state import EMBEDDING_SUFFIXES, AppContext
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["name", "vectors", "family", "step", "base model", "file", "status", "why skipped"]
+EXPORT_FORMATS = [
+    ("safetensors (A1111 / ComfyUI / diffusers)", "safetensors"),
+    (".pt (A1111 classic)", "pt"),
+    ("diffusers .bin ({token: tensor})", "diffusers"),
+    ("PNG with the embedding inside", "png"),
+]
+
+
+@dataclass
+class Row:
+    name: str
+    vectors: int | None
+    family: str
+    step: int | None
+    base_model: str
+    file: str
+    status: str
+    reason: str
+
+    def as_list(self) -> list[Any]:
+        return [self.name, self.vectors, self.family, self.step, self.base_model, self.file, self.status, self.reason]
+
+
+def _get(obj: Any, *names: str, default: Any = None) -> Any:
+    for n in names:
+        v = obj.get(n) if isinstance(obj, dict) else getattr(obj, n, None)
+        if v is not None:
+            return v
+    return default
+
+
+def library_rows(ctx: AppContext) -> list[Row]:
+    """One row per file in the embeddings folder, usable or not."""
+    lib = ctx.library(None)
+    rows = []
+    for e in lib.entries():
+        emb = _get(e, "embedding")
+        path = Path(_get(e, "path", "file", default=""))
+        reason = _get(e, "reason", "error", "skip_reason", default="") or ""
+        meta = emb.metadata if emb is not None else {}
+        rows.append(Row(
+            name=str(_get(e, "name", default=emb.name if emb is not None else path.stem)),
+            vectors=emb.num_vectors if emb is not None else None,
+            family=str((emb.family if emb is not None else None) or meta.get("family") or "–"),
+            step=emb.step if emb is not None else None,
+            base_model=str(meta.get("base_model") or meta.get("sd_checkpoint_name") or "–"),
+            file=path.name,
+            status=str(_get(e, "status", default="skipped" if reason else "ok")),
+            reason=str(reason),
+        ))
+    return rows
+
+
+def table(ctx: AppContext) -> pd.DataFrame:
+    return pd.DataFrame([r.as_list() for r in library_rows(ctx)], columns=COLUMNS)
+
+
+def _entry(ctx: AppContext, name: str):
+    if not (name or "").strip():
+        raise fail("Pick an embedding first (click its row or choose it in the list)")
+    lib = ctx.library(None)
+    entry = lib.get(name)
+    if entry is None:
+        raise fail(f"{name}: no such embedding in {ctx.data.embeddings}")
+    return entry
+
+
+def _embedding(ctx: AppContext, name: str):
+    entry = _entry(ctx, name)
+    emb = _get(entry, "embedding")
+    if emb is None:
+        raise fail(f"{name}: cannot be used ({_get(entry, 'reason', 'error', default='unreadable')})")
+    return emb, Path(_get(entry, "path", "file"))
+
+
+def inspect(ctx: AppContext, name: str) -> tuple[pd.DataFrame, str, dict[str, Any]]:
+    """(per-vector norms, markdown summary, the settings it was trained with)."""
+    emb, path = _embedding(ctx, name)
+    norms = emb.norms()
+    rows = [[k, i, round(v, 5)] for k, vals in norms.items() for i, v in enumerate(vals)]
+    df = pd.DataFrame(rows, columns=["encoder", "vector", "norm"])
+    meta = {k: v for k, v in emb.metadata.items() if k != "settings"}
+    widths = ", ".join(f"{k} {w}" for k, w in emb.widths.items())
+    md = "\n".join([
+        f"### {emb.name}",
+        f"- file: `{path.name}`",
+        f"- vectors: {emb.num_vectors} · widths: {widths} · family: {emb.family or '–'} · step: {emb.step}",
+        f"- finite: {'yes' if emb.is_finite() else '**NO (NaN/inf values)**'}",
+        "```json\n" + json.dumps(meta, indent=2, default=str, ensure_ascii=False)[:4000] + "\n```",
+    ])
+    settings = emb.metadata.get("settings") or {}
+    return df, md, settings if isinstance(settings, dict) else {"settings": settings}
+
+
+def export(ctx: AppContext, name: str, fmt: str) -> str:
+    """Write the embedding in `fmt` under data/cache/exports and return the file to download."""
+    from embeddings.formats import export_name, save_embedding
+
+    emb, _ = _embedding(ctx, name)
+    out_dir = ctx.data.exports / emb.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / export_name(emb, fmt)
+    written = save_embedding(emb, target, fmt=fmt) if _takes_fmt(save_embedding) else save_embedding(emb, target)
+    return str(written[0] if isinstance(written, (list, tuple)) else written)
+
+
+def _takes_fmt(fn) -> bool:
+    import inspect as _inspect
+
+    try:
+        return "fmt" in _inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def rename(ctx: AppContext, name: str, new_name: str) -> str:
+    new_name = (new_name or "").strip()
+    if not new_name:
+        raise fail("Type the new name first")
+    _entry(ctx, name)
+    ctx.library(None).rename(name, new_name)
+    return f"Renamed **{name}** to **{new_name}**."
+
+
+def delete(ctx: AppContext, name: str, confirm: bool) -> str:
+    if not confirm:
+        raise fail("Tick 'Yes, delete it' to confirm; deleting cannot be undone")
+    _entry(ctx, name)
+    ctx.library(None).delete(name)
+    return f"Deleted **{name}**."
+
+
+def add_files(ctx: AppContext, paths: list[str] | None) -> str:
+    """Copy uploaded embedding files into the library; a bad file is reported and the rest go on."""
+    if not paths:
+        raise fail("Choose one or more embedding files (.safetensors .pt .bin .png .webp) first")
+    lib = ctx.library(None)
+    added, problems = [], []
+    for p in paths:
+        src = Path(p)
+        if src.suffix.lower() not in EMBEDDING_SUFFIXES:
+            problems.append(f"{src.name}: not an embedding file type")
+            continue
+        try:
+            result = lib.add_file(src)
+            added.append(getattr(result, "name", None) or Path(str(result)).name)
+        except (ValueError, OSError) as e:
+            problems.append(str(e))
+    lines = []
+    if added:
+        lines.append("Added: " + ", ".join(f"**{a}**" for a in added))
+    if problems:
+        lines.append("Not added: " + "; ".join(problems))
+    return "\n\n".join(lines)
+
+
+def names(ctx: AppContext) -> list[str]:
+    return [r.name for r in library_rows(ctx)]
+
+
+def build(ctx: AppContext) -> Refresh:
+    gr.Markdown("Every file in the embeddings folder. Skipped files say why.")
+    lib_table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="emb_table",
+                             label="Library")
+    refresh_btn = gr.Button("Refresh", size="sm", elem_id="emb_refresh")
+    with gr.Row():
+        with gr.Column(scale=2):
+            pick = gr.Dropdown(label="Embedding", choices=[], allow_custom_value=False, elem_id="emb_pick")
+            summary = gr.Markdown(elem_id="emb_summary")
+            norms = gr.BarPlot(x="vector", y="norm", color="encoder", title="Norm of each vector",
+                               elem_id="emb_norms", height=220)
+            with gr.Accordion("Trained with these settings", open=False):
+                settings = gr.JSON(elem_id="emb_settings")
+        with gr.Column(scale=2):
+            with gr.Group():
+                fmt = gr.Dropdown(EXPORT_FORMATS, value="safetensors", label="Export as", elem_id="emb_fmt")
+                export_btn = gr.Button("Export", elem_id="emb_export")
+                download = gr.File(label="Download", interactive=False, elem_id="emb_download")
+            with gr.Group():
+                new_name = gr.Textbox(label="New name", elem_id="emb_new_name")
+                rename_btn = gr.Button("Rename", elem_id="emb_rename")
+            with gr.Group():
+                confirm = gr.Checkbox(False, label="Yes, delete it", elem_id="emb_confirm")
+                delete_btn = gr.Button("Delete", variant="stop", elem_id="emb_delete")
+            with gr.Group():
+                upload = gr.File(label="Add embedding files", file_count="multiple",
+                                 file_types=list(EMBEDDING_SUFFIXES), elem_id="emb_upload")
+                add_btn = gr.Button("Add to library", elem_id="emb_add")
+            status = gr.Markdown(elem_id="emb_status")
+
+    def refresh(current: str | None = None):
+        df = table(ctx)
+        choices = list(df["name"])
+        value = current if current in choices else (choices[0] if choices else None)
+        return df, gr.Dropdown(choices=choices, value=value)
+
+    refresh_btn.click(refresh, pick, [lib_table, pick], api_name="library", show_progress="hidden")
+
+    @user_errors("Inspect")
+    def inspect_fn(name):
+        if not name:
+            return pd.DataFrame(columns=["encoder", "vector", "norm"]), "", {}
+        return inspect(ctx, name)
+
+    pick.change(inspect_fn, pick, [norms, summary, settings], api_name="inspect")
+
+    def select_row(evt: gr.SelectData, df: pd.DataFrame):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        return gr.Dropdown(value=str(df.iloc[row]["name"]))
+
+    lib_table.select(select_row, lib_table, pick, api_visibility="private")
+
+    @user_errors("Export")
+    def export_fn(name, f):
+        return export(ctx, name, f)
+
+    export_btn.click(export_fn, [pick, fmt], download, api_name="export")
+
+    @user_errors("Rename")
+    def rename_fn(name, new):
+        msg = rename(ctx, name, new)
+        df, dd = refresh(new.strip())
+        return msg, df, dd, ""
+
+    rename_btn.click(rename_fn, [pick, new_name], [status, lib_table, pick, new_name], api_name="rename")
+
+    @user_errors("Delete")
+    def delete_fn(name, ok):
+        msg = delete(ctx, name, ok)
+        df, dd = refresh(None)
+        return msg, df, dd, False
+
+    delete_btn.click(delete_fn, [pick, confirm], [status, lib_table, pick, confirm], api_name="delete")
+
+    @user_errors("Add")
+    def add_fn(files):
+        msg = add_files(ctx, files)
+        df, dd = refresh(None)
+        return msg, df, dd, None
+
+    add_btn.click(add_fn, upload, [status, lib_table, pick, upload], api_name="add_embeddings")
+    return Refresh(refresh, [pick], [lib_table, pick])

@@ -1,0 +1,102 @@
+"""Generate tab: try embeddings on the loaded base model with a plain text-to-image pipeline.
+
+Every embedding in the library that fits the model can be used by name in the prompt (A1111
+rules: case-insensitive, longest name first). The page says which ones the prompt used, so a
+typo'd name is not mistaken for a weak embedding.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from ui.common import Refresh, fail, user_errors
+from ui.create_tab import model_dropdown, refresh_models
+from ui.state import AppContext
+
+MAX_IMAGES = 4
+
+
+@dataclass
+class GenerateResult:
+    images: list[tuple[Any, str]]  # (PIL image, caption with its parameters)
+    info: str
+
+
+def generate_images(ctx: AppContext, model_spec: str, prompt: str, negative: str, seed: float, steps: float,
+                    cfg: float, width: float, height: float, count: float) -> GenerateResult:
+    from embeddings.prompt import PromptEncoder, generate
+
+    if not (prompt or "").strip():
+        raise fail("Type a prompt first (use an embedding's name in it)")
+    model = ctx.model(model_spec)
+    embs, skipped = ctx.usable_embeddings(model)
+    used = sorted(PromptEncoder.for_embeddings(model, embs).tokenize([prompt, negative or ""]).used) if embs else []
+    w, h = _size(model, width), _size(model, height)
+    base_seed = int(seed) if int(seed) >= 0 else random.randrange(2**31)
+    images = []
+    for k in range(max(1, min(int(count), MAX_IMAGES))):
+        s = base_seed + k
+        img = generate(model, prompt, embs, negative_prompt=negative or "", seed=s, steps=int(steps), cfg=float(cfg),
+                       width=w, height=h)
+        images.append((img, f"seed {s} · {int(steps)} steps · CFG {cfg:g} · {w}×{h}"))
+    info = [f"**Model:** {model.label}", f"**Prompt:** {prompt}"]
+    if negative:
+        info.append(f"**Negative:** {negative}")
+    info.append("**Embeddings used:** " + (", ".join(used) if used else "none (no library name found in the prompt)"))
+    if skipped:
+        info.append("**Not usable with this model:** " + "; ".join(f"{n} ({why})" for n, why in skipped[:10]))
+    return GenerateResult(images, "\n\n".join(info))
+
+
+def _size(model: Any, value: float) -> int | None:
+    v = int(value or 0)
+    if v <= 0:
+        return None  # the model's native size
+    step = 8 * model.vae_scale_factor  # the UNet halves the latent 3 times: multiples of 64 on SD
+    return max(step, v - v % step)
+
+
+def build(ctx: AppContext) -> Refresh:
+    gr.Markdown("Try embeddings: type their names in the prompt. Images use the selected base model.")
+    with gr.Row():
+        with gr.Column(scale=2):
+            model = model_dropdown(ctx, "Base model", "gen_model")
+            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="gen_prompt", placeholder="a photo of my-cat")
+            negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="gen_negative")
+            with gr.Row():
+                seed = gr.Number(value=0, precision=0, label="Seed (-1 = random)", elem_id="gen_seed")
+                steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="gen_steps")
+                cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale", elem_id="gen_cfg")
+            with gr.Row():
+                width = gr.Number(value=0, precision=0, label="Width (0 = model default)", elem_id="gen_width")
+                height = gr.Number(value=0, precision=0, label="Height (0 = model default)", elem_id="gen_height")
+                count = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images", elem_id="gen_count")
+            btn = gr.Button("Generate", variant="primary", elem_id="gen_btn")
+            names = gr.Markdown(elem_id="gen_names")
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="Images", columns=2, height="auto", elem_id="gen_gallery")
+            info = gr.Markdown(elem_id="gen_info")
+
+    @user_errors("Generate")
+    def generate_fn(m, p, n, s, st, c, w, h, k):
+        res = generate_images(ctx, m, p, n, s, st, c, w, h, k)
+        return res.images, res.info
+
+    btn.click(generate_fn, [model, prompt, negative, seed, steps, cfg, width, height, count], [gallery, info],
+              api_name="generate", concurrency_id="model", concurrency_limit=1)
+
+    def refresh(m):
+        return refresh_models(ctx, m), library_names(ctx)
+
+    return Refresh(refresh, [model], [model, names])
+
+
+def library_names(ctx: AppContext) -> str:
+    names = [p.stem for p in ctx.embedding_files()]
+    if not names:
+        return "No embeddings yet: create one in the Create tab."
+    return "**In the library:** " + ", ".join(f"`{n}`" for n in names[:50])
