@@ -12,6 +12,18 @@ from models.hashing import short_hash
 from workspace.datadir import DataDir
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+BUILTIN_MODELS = ("tiny", "tiny-sdxl")  # random weights, built on first use into the cache
+
+
+def load_builtin_model(name: str, data_dir: DataDir) -> BaseModel:
+    """`tiny` (SD 1.x layout) or `tiny-sdxl`: built once, then loaded like any diffusers folder."""
+    from models.tiny import ensure_tiny_model, ensure_tiny_sdxl_model
+
+    ensure = {"tiny": ensure_tiny_model, "tiny-sdxl": ensure_tiny_sdxl_model}.get(name)
+    if ensure is None:
+        raise ModelError(f"{name}: no such built-in model (choose from {', '.join(BUILTIN_MODELS)})")
+    folder = ensure(data_dir.cache)
+    return load_diffusers_folder(folder, name=name, source="builtin", random_weights=True, cache_dir=data_dir.cache)
 
 
 def load_base_model(spec: str, data_dir: DataDir) -> BaseModel:
@@ -20,13 +32,8 @@ def load_base_model(spec: str, data_dir: DataDir) -> BaseModel:
     spec = (spec or "").strip()
     if not spec:
         raise ModelError("no base model given: use 'tiny', a diffusers folder, a .safetensors/.ckpt file or a hub id")
-    if spec.lower() == "tiny":
-        from models.tiny import TINY_NAME, ensure_tiny_model
-
-        folder = ensure_tiny_model(data_dir.cache)
-        return load_diffusers_folder(
-            folder, name=TINY_NAME, source="builtin", random_weights=True, cache_dir=data_dir.cache
-        )
+    if spec.lower() in BUILTIN_MODELS:
+        return load_builtin_model(spec.lower(), data_dir)
     path = Path(spec).expanduser()
     if not path.exists() and (data_dir.models / spec).exists():
         path = data_dir.models / spec

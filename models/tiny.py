@@ -1,4 +1,4 @@
-"""The built-in `tiny` model: the real SD 1.x architecture at toy widths, random weights.
+"""The built-in `tiny` and `tiny-sdxl` models: real SD 1.x / SDXL layouts at toy widths, random weights.
 
 It is generated deterministically from a fixed seed on first use and cached as an ordinary
 diffusers folder in the data folder, so every code path (folder loading, single-file
@@ -22,6 +22,11 @@ TINY_SEED = 20221002
 TINY_VERSION = 1  # bump when the architecture below changes; old caches are rebuilt
 
 TEXT_WIDTH = 32
+
+TINY_SDXL_NAME = "tiny-sdxl"
+TINY_SDXL_VERSION = 1
+TEXT_WIDTH_2 = 64
+BUILTIN_NOTE = "random weights, for trying the workflow"
 
 
 def tiny_components(seed: int = TINY_SEED) -> dict:
@@ -76,37 +81,138 @@ def tiny_components(seed: int = TINY_SEED) -> dict:
     return {"text_encoder": text_encoder, "unet": unet, "vae": vae, "scheduler": scheduler}
 
 
+def tiny_sdxl_components(seed: int = TINY_SEED) -> dict:
+    """SDXL's layout at toy widths: two text encoders (32 and 64 wide, the second with a
+    projection whose pooled output feeds the UNet's `text_time` embedding), a 3-level UNet
+    whose first level has no attention, transformer depth that grows with level, linear
+    projections. Cross-attention width is 32 + 64 = 96, as SDXL's is 768 + 1280."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def text_config(width: int, hidden_act: str, pad_token_id: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=width,
+            intermediate_size=width * 2,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            projection_dim=width,
+            hidden_act=hidden_act,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=pad_token_id,
+        )
+
+    torch.manual_seed(seed + 10)
+    text_encoder = CLIPTextModel(text_config(TEXT_WIDTH, "quick_gelu", 49407))
+    torch.manual_seed(seed + 11)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(TEXT_WIDTH_2, "gelu", 0))
+    torch.manual_seed(seed + 12)
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        layers_per_block=2,
+        block_out_channels=(32, 64, 64),
+        norm_num_groups=8,
+        attention_head_dim=(2, 4, 4),
+        transformer_layers_per_block=(1, 1, 2),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH + TEXT_WIDTH_2,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=TEXT_WIDTH_2 + 6 * time_dim,
+    )
+    torch.manual_seed(seed + 13)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=2,
+        norm_num_groups=4,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=64,
+        scaling_factor=0.13025,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return {
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "unet": unet,
+        "vae": vae,
+        "scheduler": scheduler,
+    }
+
+
 def ensure_tiny_model(cache_dir: Path) -> Path:
     """Build the tiny model folder under `cache_dir/models/tiny` if it is missing or stale."""
-    folder = cache_dir / "models" / TINY_NAME
-    marker = folder / "tiny_model.json"
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()).get("version") == TINY_VERSION:
-                return folder
-        except (OSError, ValueError):
-            pass
+    return _ensure_builtin(cache_dir, TINY_NAME, TINY_VERSION, _save_tiny)
+
+
+def ensure_tiny_sdxl_model(cache_dir: Path) -> Path:
+    """Build the tiny SDXL folder under `cache_dir/models/tiny-sdxl` if it is missing or stale."""
+    return _ensure_builtin(cache_dir, TINY_SDXL_NAME, TINY_SDXL_VERSION, _save_tiny_sdxl)
+
+
+def _save_tiny(staging: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
     from models.tokenizer import load_clip_tokenizer
 
+    write_clip_tokenizer(staging / "tokenizer")
+    pipe = StableDiffusionPipeline(
+        tokenizer=load_clip_tokenizer(staging / "tokenizer"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        **tiny_components(),
+    )
+    pipe.save_pretrained(staging, safe_serialization=True)
+    # save_pretrained in transformers 5 writes tokenizer.json only; keep our BPE files too.
+    write_clip_tokenizer(staging / "tokenizer")
+
+
+def _save_tiny_sdxl(staging: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    from models.tokenizer import load_clip_tokenizer
+
+    write_clip_tokenizer(staging / "tokenizer")
+    write_clip_tokenizer(staging / "tokenizer_2", pad_token="!")
+    pipe = StableDiffusionXLPipeline(
+        tokenizer=load_clip_tokenizer(staging / "tokenizer"),
+        tokenizer_2=load_clip_tokenizer(staging / "tokenizer_2"),
+        **tiny_sdxl_components(),
+    )
+    pipe.save_pretrained(staging, safe_serialization=True)
+    write_clip_tokenizer(staging / "tokenizer")
+    write_clip_tokenizer(staging / "tokenizer_2", pad_token="!")
+
+
+def _ensure_builtin(cache_dir: Path, name: str, version: int, save) -> Path:
+    """Build a built-in model into a staging folder and rename it into place (atomic)."""
+    folder = cache_dir / "models" / name
+    marker = folder / "tiny_model.json"
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()).get("version") == version:
+                return folder
+        except (OSError, ValueError):
+            pass
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
     try:
-        write_clip_tokenizer(staging / "tokenizer")
-        parts = tiny_components()
-        pipe = StableDiffusionPipeline(
-            tokenizer=load_clip_tokenizer(staging / "tokenizer"),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-            **parts,
-        )
-        pipe.save_pretrained(staging, safe_serialization=True)
-        # save_pretrained in transformers 5 writes tokenizer.json only; keep our BPE files too.
-        write_clip_tokenizer(staging / "tokenizer")
+        save(staging)
         (staging / "tiny_model.json").write_text(
-            json.dumps({"version": TINY_VERSION, "seed": TINY_SEED, "note": "random weights"})
+            json.dumps({"version": version, "seed": TINY_SEED, "note": "random weights"})
         )
         if folder.exists():
             shutil.rmtree(folder)
