@@ -1,0 +1,99 @@
+"""`.safetensors`: our main format, and the way kohya and diffusers files arrive.
+
+Written layout (A1111 and ComfyUI read both; diffusers reads the SD1/SD2 one with `token=`):
+- SD 1.x / 2.x / tiny: `{"emb_params": [n, D]}` (kohya's key; A1111 loads it through its
+  one-tensor branch);
+- SDXL: `{"clip_l": [n, 768], "clip_g": [n, 1280]}`.
+
+Our metadata goes in the safetensors header, which A1111 ignores. The header only holds
+strings, so every value is stored as JSON text: `name`, `step`, and each metadata key (family,
+base_model, base_model_hash, init_text, settings ...). On reading, values that are not JSON
+(other tools' headers, e.g. kohya's `ss_*`) are kept as the raw strings. `"ti_format": "1"`
+marks a header we wrote.
+
+As in A1111, the file name (not the stored `name`) is the embedding's name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from embeddings.embedding import CLIP_G, CLIP_L, Embedding, EmbeddingFileError
+from embeddings.formats.layouts import KOHYA_KEY, check_writable, classify, single_tensor, writable_metadata
+from workspace.atomic import atomic_write_bytes
+
+HEADER_MARK = "ti_format"
+HEADER_VERSION = "1"
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EmbeddingFileError(path, f"not a readable safetensors file ({msg[:200]})") from None
+    return tensors, header
+
+
+def decode_header(header: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in header.items():
+        try:
+            out[k] = json.loads(v)
+        except (TypeError, ValueError):
+            out[k] = v
+    return out
+
+
+def load_safetensors_embedding(path: Path, name: str | None = None) -> Embedding:
+    tensors, header = read_safetensors(path)
+    emb = classify(path, tensors, container="safetensors", name=name or path.stem)
+    meta = decode_header(header)
+    stored_name = meta.pop("name", None)
+    step = meta.pop("step", None)
+    meta.pop(HEADER_MARK, None)
+    for k in ("format", "sha256", "source_dtype", "token"):  # facts about this file win over the header
+        meta.pop(k, None)
+    emb.metadata = {**meta, **emb.metadata}
+    if isinstance(stored_name, str) and stored_name and stored_name != emb.name:
+        emb.metadata["stored_name"] = stored_name
+    if isinstance(step, int | float | str):
+        try:
+            emb.step = int(step)
+        except ValueError:
+            pass
+    return emb
+
+
+def encode_header(emb: Embedding) -> dict[str, str]:
+    header = {HEADER_MARK: HEADER_VERSION, "name": json.dumps(emb.name), "step": json.dumps(int(emb.step))}
+    for k, v in writable_metadata(emb).items():
+        if k in header:
+            continue
+        header[str(k)] = json.dumps(v, ensure_ascii=False, default=str)
+    return header
+
+
+def tensors_for(emb: Embedding) -> dict[str, torch.Tensor]:
+    check_writable(emb)
+    if set(emb.vectors) == {CLIP_L, CLIP_G}:
+        return {k: emb.vectors[k].detach().to("cpu", torch.float32).clone().contiguous() for k in (CLIP_L, CLIP_G)}
+    return {KOHYA_KEY: single_tensor(emb)}
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], header: dict[str, str] | None) -> bytes:
+    from safetensors.torch import save
+
+    return save(tensors, metadata=header)
+
+
+def save_safetensors(emb: Embedding, path: Path) -> Path:
+    return atomic_write_bytes(path, safetensors_bytes(tensors_for(emb), encode_header(emb)))
