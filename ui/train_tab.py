@@ -1,13 +1,541 @@
-"""Train tab: pick an embedding and a dataset, set options, start, and watch the run live."""
+"""Train tab: the TrainConfig form, Start / Interrupt / Resume, and the live view of a run.
+
+The form is generated from `TrainConfig`'s fields, so a new option appears here (in "Advanced")
+the day the training engineers add it, and what the form fills is exactly what the CLI reads.
+The live view is a `gr.Timer` that reads the job's event log by cursor: the run belongs to the
+server, not to the page, so reloading or opening a second tab re-attaches to it.
+"""
 
 from __future__ import annotations
 
-import gradio as gr
+import dataclasses
+import logging
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from ui.common import Refresh
+import gradio as gr
+import pandas as pd
+
+from ui.common import fail, fmt_seconds, short, user_errors
 from ui.state import AppContext
 
+log = logging.getLogger(__name__)
 
-def build(ctx: AppContext, demo=None) -> Refresh:
-    gr.Markdown("Training arrives with the training core.")
-    return Refresh(lambda: None, [], [])
+# Up front; everything else goes in the "Advanced" accordion, in TrainConfig's order.
+BASIC = ("embedding", "dataset", "model", "template", "lr", "lr_kind", "max_steps", "batch_size",
+         "preview_every", "save_every", "preview_prompts", "resolution")
+SPECIAL = ("embedding", "dataset", "model", "template", "lr", "lr_kind")  # built by hand below
+LABELS = {
+    "lr": "Learning rate (A1111 syntax: 0.005:100, 1e-3:1000, 1e-5)",
+    "max_steps": "Train until step",
+    "more_steps": "Or: train this many more steps (0 = use 'Train until step')",
+    "preview_every": "Preview every N steps (0 = off)",
+    "save_every": "Save snapshot every N steps (0 = only at the end)",
+    "preview_prompts": "Preview prompts (one per line; empty = from the template)",
+    "preview_seeds": "Preview seeds (comma separated)",
+}
+POLL_SECONDS = 1.0
+MAX_PLOT_POINTS = 1500
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    from training import config as c
+
+    return {"lr_kind": c.LR_KINDS, "clip_mode": c.CLIP_MODES, "optimizer": c.OPTIMIZERS,
+            "latent_sampling": c.LATENT_SAMPLING, "mixed_precision": c.MIXED_PRECISION,
+            "vector_shuffle": c.VECTOR_SHUFFLE, "preview_scheduler": c.PREVIEW_SCHEDULERS}
+
+
+def _fields() -> list[tuple[str, Any, Any]]:
+    """(name, type hint, default) of every TrainConfig field, in order."""
+    from training.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out.append((f.name, hints[f.name], default))
+    return out
+
+
+def _component(name: str, hint: Any, default: Any) -> gr.components.Component:
+    label = LABELS.get(name, name.replace("_", " ").capitalize())
+    eid = f"train_{name}"
+    choices = _choices()
+    if name == "snapshot_formats":
+        from training.config import SNAPSHOT_FORMATS
+
+        return gr.CheckboxGroup(list(SNAPSHOT_FORMATS), value=list(default), label=label, elem_id=eid)
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        if item is int:
+            return gr.Textbox(", ".join(str(v) for v in default), label=label, elem_id=eid)
+        return gr.Textbox("\n".join(default), lines=2, label=label, elem_id=eid)
+    if hint is bool:
+        return gr.Checkbox(default, label=label, elem_id=eid)
+    if hint is int:
+        return gr.Number(default, precision=0, label=label, elem_id=eid)
+    if hint is float:
+        return gr.Number(default, label=label, elem_id=eid)
+    if name in choices:
+        return gr.Dropdown(list(choices[name]), value=default, label=label, elem_id=eid)
+    return gr.Textbox(str(default), label=label, elem_id=eid)
+
+
+def form_values_to_config(names: list[str], values: list[Any]):
+    """Turn what the widgets hold into a validated TrainConfig (errors name the setting)."""
+    from training.config import TrainConfig
+
+    hints = {n: h for n, h, _ in _fields()}
+    out: dict[str, Any] = {}
+    for name, value in zip(names, values, strict=True):
+        hint = hints[name]
+        if typing.get_origin(hint) is list:
+            (item,) = typing.get_args(hint)
+            if isinstance(value, list):
+                out[name] = value
+            elif item is int:
+                try:
+                    out[name] = [int(v) for v in str(value or "").replace(";", ",").split(",") if v.strip()]
+                except ValueError:
+                    raise ValueError(f"{name}: write whole numbers separated by commas, e.g. 0, 1") from None
+            else:
+                out[name] = [line.strip() for line in str(value or "").splitlines() if line.strip()]
+        elif hint is int:
+            if value is None or (isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"{name}: a whole number is needed")
+            out[name] = int(value)
+        elif hint is float:
+            out[name] = float(value if value is not None else 0.0)
+        elif hint is str:
+            out[name] = "" if value is None else str(value)
+        else:
+            out[name] = value
+    return TrainConfig.from_dict(out)
+
+
+def config_to_form_values(names: list[str], settings: dict[str, Any]) -> list[Any]:
+    """The reverse: saved settings -> widget values (fields it lacks keep their default)."""
+    defaults = {n: d for n, _, d in _fields()}
+    hints = {n: h for n, h, _ in _fields()}
+    vals = []
+    for name in names:
+        v = settings.get(name, defaults[name])
+        if name != "snapshot_formats" and typing.get_origin(hints[name]) is list:
+            v = ", ".join(str(x) for x in v) if typing.get_args(hints[name])[0] is int else "\n".join(map(str, v))
+        vals.append(v)
+    return vals
+
+
+# --- helpers for the widgets around the form -------------------------------------------------------------
+def schedule_plot(lr: str, kind: str, max_steps: float, warmup: float | None = 0, min_lr: float | None = 0.0):
+    """(DataFrame of (step, lr), inline message). Errors show as text, the plot empties."""
+    from training.schedule import ScheduleError, build_schedule
+
+    empty = pd.DataFrame({"step": [], "lr": []})
+    try:
+        sched = build_schedule(kind, str(lr), max(1, int(max_steps or 1)), 0, int(warmup or 0), float(min_lr or 0.0))
+    except ScheduleError as e:
+        return empty, f"**Learning rate:** {e}"
+    except (TypeError, ValueError) as e:
+        return empty, f"**Learning rate:** {e}"
+    pts = sched.points()
+    notes = "; ".join(getattr(sched, "notes", []) or [])
+    msg = f"Training stops at step {sched.end_step}." + (f" Note: {notes}" if notes else "")
+    return pd.DataFrame(pts, columns=["step", "lr"]), msg
+
+
+def template_preview(ctx: AppContext, template: str, embedding: str, dataset: str, n: int = 6) -> str:
+    from training.templates import TemplateError, load_template, render
+
+    if not template:
+        return ""
+    try:
+        lines = load_template(template, ctx.data.root / "templates")
+    except TemplateError as e:
+        return f"**Template:** {e}"
+    captions = _sample_captions(ctx, dataset, n)
+    name = embedding or "[name]"
+    out = []
+    for i, line in enumerate(lines[:n]):
+        out.append(f"- `{render(line, name, captions[i % len(captions)] if captions else '')}`")
+    more = f"\n\n…and {len(lines) - n} more lines" if len(lines) > n else ""
+    return f"**Sample prompts** ({len(lines)} template lines):\n" + "\n".join(out) + more
+
+
+def _sample_captions(ctx: AppContext, dataset: str, n: int) -> list[str]:
+    folder = _dataset_path(ctx, dataset)
+    if folder is None:
+        return []
+    caps = []
+    for p in sorted(folder.glob("*.txt"))[:n]:
+        try:
+            caps.append(p.read_text(encoding="utf-8").strip())
+        except OSError:
+            continue
+    return caps
+
+
+def _dataset_path(ctx: AppContext, dataset: str) -> Path | None:
+    if not dataset:
+        return None
+    p = Path(dataset)
+    if not p.is_absolute():
+        p = ctx.data.datasets / dataset
+    return p if p.is_dir() else None
+
+
+def dataset_report(ctx: AppContext, dataset: str, embedding: str, template: str) -> str:
+    """The dataset check (counts, sizes, sample prompts), or a one-line problem."""
+    folder = _dataset_path(ctx, dataset)
+    if folder is None:
+        return "Pick a dataset (make one in the Preprocess tab)." if not dataset else f"**{dataset}:** no such folder"
+    try:
+        from training.dataset import check_dataset
+    except ImportError:
+        imgs = [p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp")]
+        caps = list(folder.glob("*.txt"))
+        return f"{len(imgs)} image(s), {len(caps)} caption file(s) in `{folder.name}`"
+    try:
+        report = _call_check(check_dataset, folder, embedding, template, ctx)
+    except (ValueError, OSError) as e:
+        return f"**Dataset problem:** {short(str(e))}"
+    return _report_markdown(report)
+
+
+def _call_check(check_dataset, folder: Path, embedding: str, template: str, ctx: AppContext):
+    import inspect
+
+    params = inspect.signature(check_dataset).parameters
+    kwargs: dict[str, Any] = {}
+    for key, value in (("name", embedding or "[name]"), ("embedding", embedding or "[name]"),
+                       ("template", template), ("data_dir", ctx.data)):
+        if key in params:
+            kwargs[key] = value
+    return check_dataset(folder, **kwargs)
+
+
+def _report_markdown(report: Any) -> str:
+    if hasattr(report, "describe"):
+        lines = report.describe()
+        return "\n".join(f"- {line}" for line in (lines if isinstance(lines, list) else [lines]))
+    if dataclasses.is_dataclass(report):
+        report = dataclasses.asdict(report)
+    if isinstance(report, dict):
+        return "\n".join(f"- **{k}:** {short(str(v), 200)}" for k, v in report.items())
+    return str(report)
+
+
+# --- the live view -------------------------------------------------------------------------------------------
+@dataclass
+class LiveView:
+    status: str
+    progress: float
+    loss: pd.DataFrame
+    norms: pd.DataFrame
+    previews: list[tuple[str, str]]
+    warnings: str
+    downloads: list[str]
+    running: bool
+
+
+def current_job(ctx: AppContext):
+    """The training job to show: the running or queued one, else the latest."""
+    jobs = ctx.registry.jobs("train")
+    active = [j for j in jobs if not j.state.done]
+    if active:
+        return active[0]
+    return jobs[-1] if jobs else None
+
+
+def live_view(job) -> LiveView:
+    """Everything the page shows about a run, rebuilt from its event log (reload-safe)."""
+    if job is None:
+        return LiveView("No training run yet.", 0.0, _empty_loss(), _empty_norms(), [], "", [], False)
+    events = job.events()
+    loss_rows, norm_rows, previews, warnings, downloads = [], [], [], [], {}
+    prog = None
+    queued_ahead = None
+    for ev in events:
+        d = ev.data
+        if ev.kind == "progress":
+            prog = d
+        elif ev.kind == "loss":
+            loss_rows.append((d.get("step"), d.get("loss"), "loss"))
+            if d.get("smoothed") is not None:
+                loss_rows.append((d.get("step"), d.get("smoothed"), "smoothed"))
+        elif ev.kind == "norms":
+            norms = d.get("norms") or {}
+            items = norms.items() if isinstance(norms, dict) else [("v", norms)]
+            for key, vals in items:
+                vals = vals if isinstance(vals, (list, tuple)) else [vals]
+                for i, v in enumerate(vals):
+                    norm_rows.append((d.get("step"), float(v), f"{key}[{i}]" if len(items) > 1 else f"v{i}"))
+        elif ev.kind == "preview" and d.get("path"):
+            previews.append((str(d["path"]), f"step {d.get('step', '?')}" + (f" · {d['prompt']}" if d.get("prompt") else "")))
+        elif ev.kind == "warning":
+            warnings.append(str(d.get("text", "")))
+        elif ev.kind == "error":
+            warnings.append("Error: " + str(d.get("text", "")))
+        elif ev.kind in ("snapshot", "files", "saved"):
+            for p in _paths(d):
+                downloads[Path(p).suffix.lower() or p] = p
+        elif ev.kind == "state" and d.get("state") == "queued":
+            queued_ahead = d.get("ahead")
+    state = job.state.value
+    title = f"**{job.title}** — {state}"
+    if state == "queued":
+        title += f" (waiting for {queued_ahead or 1} job(s) ahead to finish)"
+    progress = 0.0
+    if prog:
+        done, total = int(prog.get("done", 0)), int(prog.get("total", 0) or 0)
+        progress = done / total if total else 0.0
+        it_s = prog.get("it_s")
+        title += (f" · step {done}/{total}" + (f" · {it_s:.2f} it/s" if isinstance(it_s, (int, float)) else "")
+                  + f" · ETA {fmt_seconds(prog.get('eta_s'))}")
+    if job.error:
+        title += f"\n\n**Failed:** {short(job.error)}"
+    loss = pd.DataFrame(_thin(loss_rows), columns=["step", "loss", "series"]) if loss_rows else _empty_loss()
+    norms = pd.DataFrame(_thin(norm_rows), columns=["step", "norm", "vector"]) if norm_rows else _empty_norms()
+    warn = "\n".join(f"- ⚠ {short(w)}" for w in warnings[-20:])
+    return LiveView(title, progress, loss, norms, previews[-24:], warn, list(downloads.values()),
+                    not job.state.done)
+
+
+def _paths(d: dict[str, Any]) -> list[str]:
+    out = []
+    for key in ("path", "paths", "files"):
+        v = d.get(key)
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, dict):
+            out.extend(str(x) for x in v.values())
+        elif isinstance(v, (list, tuple)):
+            out.extend(str(x) for x in v)
+    return [p for p in out if Path(p).is_file()]
+
+
+def _thin(rows: list[tuple]) -> list[tuple]:
+    if len(rows) <= MAX_PLOT_POINTS:
+        return rows
+    stride = math.ceil(len(rows) / MAX_PLOT_POINTS)
+    return rows[::stride] + [rows[-1]]
+
+
+def _empty_loss() -> pd.DataFrame:
+    return pd.DataFrame({"step": pd.Series([], dtype=float), "loss": pd.Series([], dtype=float),
+                         "series": pd.Series([], dtype=str)})
+
+
+def _empty_norms() -> pd.DataFrame:
+    return pd.DataFrame({"step": pd.Series([], dtype=float), "norm": pd.Series([], dtype=float),
+                         "vector": pd.Series([], dtype=str)})
+
+
+def _view_outputs(v: LiveView) -> list[Any]:
+    return [v.status, progress_html(v.progress), v.loss, v.norms, v.previews, v.warnings, v.downloads or None]
+
+
+def progress_html(fraction: float) -> str:
+    pct = max(0.0, min(1.0, fraction)) * 100
+    return (f'<div class="ti-progress" style="background:var(--neutral-200);border-radius:4px;height:10px">'
+            f'<div style="width:{pct:.1f}%;background:var(--color-accent);height:10px;border-radius:4px"></div></div>')
+
+
+# --- actions -----------------------------------------------------------------------------------------------
+def start(ctx: AppContext, config) -> str:
+    from training.service import start_training
+
+    ahead = len(ctx.registry.active())
+    job = start_training(ctx.registry, config, ctx.data)
+    if ahead:
+        return f"Queued **{job.title}**: it starts when the {ahead} job(s) ahead finish."
+    return f"Started **{job.title}**."
+
+
+def interrupt(ctx: AppContext) -> str:
+    job = current_job(ctx)
+    if job is None or job.state.done:
+        raise fail("No training run is going on")
+    try:
+        from training.service import interrupt as service_interrupt
+
+        service_interrupt(job)
+    except ImportError:
+        job.request_stop()
+    return "Interrupt requested: the run saves its vectors and a resume bundle, then stops."
+
+
+def resume(ctx: AppContext) -> str:
+    from training.service import resume_training
+
+    job = current_job(ctx)
+    if job is not None and not job.state.done:
+        raise fail("A run is still going on; interrupt it first or wait for it to finish")
+    new = resume_training(ctx.registry, _last_run_folder(ctx), ctx.data)
+    return f"Resumed as **{new.title}**."
+
+
+def _last_run_folder(ctx: AppContext) -> Path:
+    from training.run_folder import list_runs
+
+    for run in list_runs(ctx.data.runs):
+        if run.bundle_path.is_file():
+            return run.path
+    raise fail("No run to resume: no run folder has a resume bundle yet")
+
+
+def restore_settings(ctx: AppContext, names: list[str], embedding: str) -> tuple[list[Any], str]:
+    """Picking an embedding fills the form with the settings it was last trained with."""
+    try:
+        lib = ctx.library(None)
+        entry = lib.get(embedding)
+        emb = getattr(entry, "embedding", None) if entry is not None else None
+    except (ImportError, ValueError, OSError) as e:
+        log.info("cannot read %s: %s", embedding, e)
+        emb = None
+    settings = (emb.metadata.get("settings") if emb is not None else None) or {}
+    if not isinstance(settings, dict) or not settings:
+        return [gr.skip() for _ in names], ("" if emb is None else f"{embedding} has not been trained yet "
+                                                                   f"(step {emb.step}): defaults kept.")
+    settings = {**settings, "embedding": embedding}
+    return config_to_form_values(names, settings), f"Settings restored from **{embedding}** (step {emb.step})."
+
+
+# --- layout ------------------------------------------------------------------------------------------------
+def build(ctx: AppContext, demo=None):
+    from training.templates import list_templates
+    from ui.common import Refresh
+    from ui.create_tab import model_dropdown
+
+    fields = _fields()
+    comps: dict[str, gr.components.Component] = {}
+    templates = list(list_templates(ctx.data.root / "templates"))
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                comps["embedding"] = gr.Dropdown([p.stem for p in ctx.embedding_files()], label="Embedding",
+                                                 elem_id="train_embedding", allow_custom_value=True)
+                comps["dataset"] = gr.Dropdown(ctx.datasets(), label="Dataset", elem_id="train_dataset",
+                                               allow_custom_value=True)
+            restored = gr.Markdown(elem_id="train_restored")
+            dataset_md = gr.Markdown(elem_id="train_dataset_check")
+            comps["model"] = model_dropdown(ctx, "Base model", "train_model")
+            comps["template"] = gr.Dropdown(templates, value=_default(fields, "template"), label="Prompt template",
+                                            elem_id="train_template", allow_custom_value=True)
+            template_md = gr.Markdown(elem_id="train_template_preview")
+            with gr.Row():
+                comps["lr"] = gr.Textbox(_default(fields, "lr"), label=LABELS["lr"], elem_id="train_lr", scale=3)
+                comps["lr_kind"] = _component("lr_kind", str, _default(fields, "lr_kind"))
+            lr_msg = gr.Markdown(elem_id="train_lr_msg")
+            lr_plot = gr.LinePlot(x="step", y="lr", title="Learning-rate schedule", height=180,
+                                  elem_id="train_lr_plot")
+            with gr.Row():
+                for name in BASIC:
+                    if name not in SPECIAL:
+                        comps[name] = _component(name, *_hint_default(fields, name))
+            with gr.Accordion("Advanced", open=False, elem_id="train_advanced"), gr.Row(equal_height=False):
+                for name, hint, default in fields:
+                    if name not in comps:
+                        comps[name] = _component(name, hint, default)
+            with gr.Row():
+                start_btn = gr.Button("Start", variant="primary", elem_id="train_start")
+                stop_btn = gr.Button("Interrupt", variant="stop", elem_id="train_interrupt")
+                resume_btn = gr.Button("Resume", elem_id="train_resume")
+            action_md = gr.Markdown(elem_id="train_action")
+        with gr.Column(scale=4):
+            status_md = gr.Markdown("No training run yet.", elem_id="train_status")
+            bar = gr.HTML(progress_html(0.0), elem_id="train_progress")
+            loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=240,
+                                    elem_id="train_loss")
+            norm_plot = gr.LinePlot(x="step", y="norm", color="vector", title="Vector norms", height=200,
+                                    elem_id="train_norms")
+            gallery = gr.Gallery(label="Previews", columns=4, height="auto", elem_id="train_previews")
+            warn_md = gr.Markdown(elem_id="train_warnings")
+            downloads = gr.File(label="Latest snapshot (each format)", file_count="multiple", interactive=False,
+                                elem_id="train_downloads")
+    names = [n for n, _, _ in fields]
+    form = [comps[n] for n in names]
+    cursor = gr.State(None)  # per browser tab: (job id, events seen); None after a reload -> re-attach
+    timer = gr.Timer(POLL_SECONDS, active=True)
+
+    # live helpers
+    sched_inputs = [comps["lr"], comps["lr_kind"], comps["max_steps"], comps["warmup_steps"], comps["min_lr"]]
+    for c in sched_inputs:
+        c.change(schedule_plot, sched_inputs, [lr_plot, lr_msg], api_visibility="private", show_progress="hidden")
+    sched_btn = gr.Button(visible=False)
+    sched_btn.click(schedule_plot, sched_inputs, [lr_plot, lr_msg], api_name="schedule_plot")
+
+    def tmpl(t, e, d):
+        return template_preview(ctx, t, e, d)
+
+    for c in (comps["template"], comps["embedding"], comps["dataset"]):
+        c.change(tmpl, [comps["template"], comps["embedding"], comps["dataset"]], template_md,
+                 api_visibility="private", show_progress="hidden")
+
+    def check(d, e, t):
+        return dataset_report(ctx, d, e, t)
+
+    comps["dataset"].change(check, [comps["dataset"], comps["embedding"], comps["template"]], dataset_md,
+                            api_name="dataset_check", show_progress="hidden")
+
+    def restore(e):
+        if not e:
+            return [gr.skip() for _ in names] + [""]
+        vals, msg = restore_settings(ctx, names, e)
+        return [*vals, msg]
+
+    comps["embedding"].input(restore, comps["embedding"], [*form, restored], api_name="restore_settings")
+
+    @user_errors("Start")
+    def start_fn(*values):
+        config = form_values_to_config(names, list(values))
+        return start(ctx, config)
+
+    start_btn.click(start_fn, form, action_md, api_name="start_training", concurrency_id="train_ctl",
+                    concurrency_limit=1)
+
+    @user_errors("Interrupt")
+    def interrupt_fn():
+        return interrupt(ctx)
+
+    stop_btn.click(interrupt_fn, None, action_md, api_name="interrupt")
+
+    @user_errors("Resume")
+    def resume_fn():
+        return resume(ctx)
+
+    resume_btn.click(resume_fn, None, action_md, api_name="resume", concurrency_id="train_ctl", concurrency_limit=1)
+
+    def poll(cur):
+        job = current_job(ctx)
+        if job is None:
+            return [gr.skip()] * 7 + [cur] if cur == "none" else [*_view_outputs(live_view(None)), "none"]
+        if cur and cur != "none" and cur[0] == job.id:
+            new_events, _ = job.events_since(cur[1])
+            if not new_events:
+                return [gr.skip()] * 7 + [cur]  # nothing new: no bytes go to the browser
+        _, seen = job.events_since(0)
+        return [*_view_outputs(live_view(job)), (job.id, seen)]
+
+    timer.tick(poll, cursor, [status_md, bar, loss_plot, norm_plot, gallery, warn_md, downloads, cursor],
+               api_name="poll", api_visibility="undocumented", show_progress="hidden", concurrency_limit=None)
+
+    def refresh(e, d):
+        embs = [p.stem for p in ctx.embedding_files()]
+        return gr.Dropdown(choices=embs, value=e), gr.Dropdown(choices=ctx.datasets(), value=d)
+
+    if demo is not None:
+        demo.load(schedule_plot, sched_inputs, [lr_plot, lr_msg], api_visibility="private", show_progress="hidden")
+    return Refresh(refresh, [comps["embedding"], comps["dataset"]], [comps["embedding"], comps["dataset"]])
+
+
+def _default(fields, name):
+    return next(d for n, _, d in fields if n == name)
+
+
+def _hint_default(fields, name):
+    return next((h, d) for n, h, d in fields if n == name)
