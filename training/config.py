@@ -52,7 +52,7 @@ class TrainConfig:
     flip_p: float = 0.0
     resolution: int = 512
     bucketing: bool = False
-    no_upscale: bool = False
+    no_upscale: bool = True
     alpha_weight: bool = False
     filename_regex: str = ""
     join_string: str = " "

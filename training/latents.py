@@ -59,7 +59,9 @@ class LatentCache:
         gen = torch.Generator(device="cpu").manual_seed(seed)
         scale = float(getattr(vae.config, "scaling_factor", 0.18215) or 0.18215)
         shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-        vae.to(device=device, dtype=dtype)
+        if next(vae.parameters()).dtype != dtype:
+            vae.to(dtype=dtype)
+        vae.to(device=device)
         entries: dict[tuple[int, bool], CachedLatent] = {}
         variants = (False, True) if flips else (False,)
         total = len(records) * len(variants)

@@ -64,7 +64,9 @@ def render_preview(model, embedding: Embedding, spec: PreviewSpec, path: Path, *
     from embeddings.prompt import generate
 
     vae_device = next(model.vae.parameters()).device
-    model.vae.to(device=device, dtype=dtype)
+    if next(model.vae.parameters()).dtype != dtype:
+        model.vae.to(dtype=dtype)
+    model.vae.to(device=device)
     try:
         image = generate(
             model, spec.prompt, [embedding], negative_prompt=spec.negative, seed=spec.seed, steps=spec.steps,
