@@ -1,13 +1,312 @@
-"""Preprocess tab: images in (folder drop, files, folder picker, server folder), dataset out."""
+"""Preprocess tab: images in, a captioned dataset folder out, then a caption editor.
+
+Images come from a dropped folder (our JS drop handler walks it), many dropped files, the folder
+picker, or a folder on the server (read in place: no copies, no size limits). Uploads are copied
+into a staging folder first so the preprocess job reads one ordinary folder whatever the source.
+"""
 
 from __future__ import annotations
 
-import gradio as gr
+import dataclasses
+import shutil
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from ui.common import Refresh
-from ui.state import AppContext
+import gradio as gr
+import pandas as pd
+
+from ui.common import Refresh, fail, short, user_errors
+from ui.state import IMAGE_SUFFIXES, AppContext
+
+BASIC = ("width", "height", "crop", "captioner", "blip_model", "flip", "prefix", "suffix", "on_existing")
+HIDDEN = ("cache_dir",)  # set by the app: helper models live in the data folder's cache
+POLL_SECONDS = 0.5
+GRID_COLUMNS = ["image", "file", "caption"]
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    from preprocessing import options as o
+    from preprocessing.captions import CAPTION_TARGETS, EXISTING_POLICIES
+    from preprocessing.geometry import CROP_MODES
+
+    return {"crop": CROP_MODES, "captioner": o.CAPTIONERS, "on_existing": o.ON_EXISTING,
+            "output_format": o.OUTPUT_FORMATS, "caption_to": CAPTION_TARGETS, "existing_caption": EXISTING_POLICIES}
+
+
+def _fields() -> list[tuple[str, Any, Any]]:
+    from preprocessing.options import PreprocessOptions
+
+    hints = typing.get_type_hints(PreprocessOptions)
+    return [(f.name, hints[f.name], f.default) for f in dataclasses.fields(PreprocessOptions)
+            if f.name not in HIDDEN]
+
+
+def _component(name: str, hint: Any, default: Any):
+    label = name.replace("_", " ").capitalize()
+    eid = f"pre_{name}"
+    choices = _choices()
+    if name == "blip_model":
+        return gr.Dropdown(["tiny-blip", str(default)], value=str(default), allow_custom_value=True, elem_id=eid,
+                           label="BLIP model (hub id or folder; tiny-blip = built-in random, for trying)")
+    if name in choices:
+        return gr.Dropdown(list(choices[name]), value=default, label=label, elem_id=eid)
+    if hint is bool:
+        return gr.Checkbox(default, label=label, elem_id=eid)
+    if hint is int:
+        return gr.Number(default, precision=0, label=label, elem_id=eid)
+    if hint is float:
+        return gr.Number(default, label=label, elem_id=eid)
+    return gr.Textbox("" if default is None else str(default), label=label, elem_id=eid)
+
+
+def options_from_form(ctx: AppContext, names: list[str], values: list[Any]):
+    from preprocessing.options import PreprocessOptions
+
+    hints = {n: h for n, h, _ in _fields()}
+    d: dict[str, Any] = {}
+    for name, value in zip(names, values, strict=True):
+        hint = hints[name]
+        if hint is int:
+            d[name] = int(value) if value is not None else 0
+        elif hint is float:
+            d[name] = float(value) if value is not None else 0.0
+        elif hint is bool:
+            d[name] = bool(value)
+        else:
+            d[name] = "" if value is None else str(value)
+    d["cache_dir"] = str(ctx.data.cache)
+    return PreprocessOptions.from_dict(d)
+
+
+def stage_uploads(ctx: AppContext, paths: list[str]) -> Path:
+    """Copy uploaded images into one staging folder (Gradio gives flat temp paths, unsorted)."""
+    images = [Path(p) for p in paths if Path(p).suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise fail("None of the uploaded files is an image (.png .jpg .jpeg .webp .bmp)")
+    folder = ctx.data.cache / "uploads" / time.strftime("%Y%m%d-%H%M%S")
+    n = 2
+    base = folder
+    while folder.exists():
+        folder = base.with_name(f"{base.name}-{n}")
+        n += 1
+    folder.mkdir(parents=True)
+    seen: set[str] = set()
+    for p in sorted(images, key=lambda q: q.name):
+        name = p.name
+        k = 2
+        while name.lower() in seen:  # two folders can hold files with the same name
+            name = f"{p.stem}-{k}{p.suffix}"
+            k += 1
+        seen.add(name.lower())
+        shutil.copyfile(p, folder / name)
+    return folder
+
+
+def dataset_folder(ctx: AppContext, name: str) -> Path:
+    name = (name or "").strip()
+    if not name:
+        raise fail("Name the new dataset first")
+    if Path(name).name != name or name.startswith("."):
+        raise fail(f"Dataset name {name!r} must be a plain folder name (no / or leading dot)")
+    return ctx.data.datasets / name
+
+
+def start(ctx: AppContext, name: str, files: list[str] | None, folder_files: list[str] | None, server_folder: str,
+          options) -> str:
+    from preprocessing import preprocess_job
+
+    dst = dataset_folder(ctx, name)
+    server_folder = (server_folder or "").strip()
+    uploads = list(files or []) + list(folder_files or [])
+    if server_folder and uploads:
+        raise fail("Use either uploaded images or a server folder, not both")
+    if server_folder:
+        src = Path(server_folder).expanduser()
+        if not src.is_dir():
+            raise fail(f"{src}: no such folder on the server")
+    elif uploads:
+        src = stage_uploads(ctx, uploads)
+    elif options.caption_only and dst.is_dir():
+        src = dst
+    else:
+        raise fail("Add images: drop a folder or files, pick a folder, or type a folder on the server")
+    ahead = len(ctx.registry.active())
+    ctx.registry.submit("preprocess", f"preprocess {src.name} -> {dst.name}", preprocess_job(src, dst, options))
+    where = "" if not ahead else f" (queued behind {ahead} job(s))"
+    return f"Preprocessing {src} into dataset **{dst.name}**{where}."
+
+
+@dataclass
+class PreView:
+    status: str
+    progress: float
+    skipped: pd.DataFrame
+    dataset: str | None
+    done: bool
+
+
+def current_job(ctx: AppContext):
+    jobs = ctx.registry.jobs("preprocess")
+    return jobs[-1] if jobs else None
+
+
+def pre_view(job) -> PreView:
+    empty = pd.DataFrame(columns=["file", "reason"])
+    if job is None:
+        return PreView("", 0.0, empty, None, True)
+    prog = job.last("progress")
+    done, total = (prog.data.get("done", 0), prog.data.get("total", 0)) if prog else (0, 0)
+    status = f"**{job.title}** — {job.state.value}" + (f" · {done}/{total}" if total else "")
+    msgs = [e.data.get("text", "") for e in job.events("message")][-3:]
+    if msgs:
+        status += "\n\n" + "\n".join(f"- {short(m)}" for m in msgs)
+    if job.error:
+        status += f"\n\n**Failed:** {short(job.error)}"
+    result = job.result if isinstance(job.result, dict) else None
+    skipped = empty
+    dataset = None
+    if result:
+        rows = [(Path(p).name, r) for p, r in result.get("skipped", [])]
+        skipped = pd.DataFrame(rows, columns=["file", "reason"]) if rows else empty
+        dataset = Path(result.get("dst", "")).name or None
+    else:
+        rows = [(e.data.get("text", ""), "") for e in job.events("warning")]
+        if rows:
+            skipped = pd.DataFrame([(t, "") for t, _ in rows], columns=["file", "reason"])
+    return PreView(status, done / total if total else (1.0 if job.state.done else 0.0), skipped, dataset,
+                   job.state.done)
+
+
+def caption_grid(ctx: AppContext, dataset: str) -> pd.DataFrame:
+    """Thumbnail, file name and caption per image: the caption column is editable."""
+    from preprocessing import list_captions
+
+    if not dataset:
+        return pd.DataFrame(columns=GRID_COLUMNS)
+    folder = dataset_folder(ctx, dataset)
+    rows = [(f"![{it.path.name}](/gradio_api/file={it.path})", it.path.name, it.caption)
+            for it in list_captions(folder)]
+    return pd.DataFrame(rows, columns=GRID_COLUMNS)
+
+
+def save_captions(ctx: AppContext, dataset: str, grid: pd.DataFrame) -> str:
+    from preprocessing import list_captions, set_caption
+
+    folder = dataset_folder(ctx, dataset)
+    current = {it.path.name: it for it in list_captions(folder)}
+    changed, problems = 0, []
+    for _, row in grid.iterrows():
+        name, text = str(row["file"]), "" if row["caption"] is None else str(row["caption"])
+        item = current.get(name)
+        if item is None:
+            problems.append(f"{name}: no longer in {folder.name}")
+            continue
+        if item.has_caption and item.caption == text.strip():
+            continue
+        try:
+            set_caption(item.path, text)
+            changed += 1
+        except (ValueError, OSError) as e:
+            problems.append(str(e))
+    msg = f"Saved {changed} caption(s) in **{folder.name}**."
+    if problems:
+        msg += " Not saved: " + "; ".join(problems[:10])
+    return msg
+
+
+def progress_html(fraction: float) -> str:
+    from ui.train_tab import progress_html as bar
+
+    return bar(fraction)
 
 
 def build(ctx: AppContext) -> Refresh:
-    gr.Markdown("Preprocessing arrives with the preprocessing core.")
-    return Refresh(lambda: None, [], [])
+    fields = _fields()
+    comps: dict[str, Any] = {}
+    with gr.Row():
+        with gr.Column(scale=3):
+            name = gr.Textbox(label="New dataset name", placeholder="my-cat", elem_id="pre_name")
+            files = gr.File(label="Drop a folder or many images here", file_count="multiple", file_types=["image"],
+                            elem_id="pre_files", elem_classes=["ti-folder-drop"])
+            with gr.Accordion("Other sources", open=False):
+                folder_files = gr.File(label="Pick a folder", file_count="directory", elem_id="pre_folder")
+                server_folder = gr.Textbox(label="Or a folder on this machine (read in place)",
+                                           placeholder="/home/me/pictures/cat", elem_id="pre_server_folder")
+            with gr.Row():
+                for fname in BASIC:
+                    comps[fname] = _component(fname, *next((h, d) for n, h, d in fields if n == fname))
+            with gr.Accordion("More options", open=False), gr.Row():
+                for fname, hint, default in fields:
+                    if fname not in comps:
+                        comps[fname] = _component(fname, hint, default)
+            run_btn = gr.Button("Preprocess", variant="primary", elem_id="pre_run")
+            stop_btn = gr.Button("Stop", variant="stop", elem_id="pre_stop")
+        with gr.Column(scale=3):
+            status = gr.Markdown(elem_id="pre_status")
+            bar = gr.HTML(progress_html(0.0), elem_id="pre_progress")
+            skipped = gr.Dataframe(headers=["file", "reason"], label="Skipped files", interactive=False,
+                                   elem_id="pre_skipped")
+    gr.Markdown("### Captions")
+    with gr.Row():
+        dataset = gr.Dropdown(ctx.datasets(), label="Dataset", allow_custom_value=True, elem_id="pre_dataset")
+        save_btn = gr.Button("Save captions", elem_id="pre_save")
+    grid = gr.Dataframe(headers=GRID_COLUMNS, datatype=["markdown", "str", "str"], static_columns=[0, 1],
+                        interactive=True, wrap=True, elem_id="pre_grid", label="Edit captions", max_height=700,
+                        column_widths=["120px", "25%", "60%"])
+    save_msg = gr.Markdown(elem_id="pre_save_msg")
+    names = [n for n, _, _ in fields]
+    form = [comps[n] for n in names]
+    seen = gr.State(None)
+    timer = gr.Timer(POLL_SECONDS, active=True)
+
+    @user_errors("Preprocess")
+    def run_fn(n, f, ff, sf, *values):
+        opts = options_from_form(ctx, names, list(values))
+        return start(ctx, n, f, ff, sf, opts)
+
+    run_btn.click(run_fn, [name, files, folder_files, server_folder, *form], status, api_name="preprocess",
+                  concurrency_id="pre_ctl", concurrency_limit=1)
+
+    @user_errors("Stop")
+    def stop_fn():
+        job = current_job(ctx)
+        if job is None or job.state.done:
+            raise fail("No preprocessing is going on")
+        job.request_stop()
+        return "Stopping after the current batch…"
+
+    stop_btn.click(stop_fn, None, status, api_name="preprocess_stop")
+
+    def poll(cur):
+        job = current_job(ctx)
+        key = None if job is None else (job.id, job.events_since(0)[1])
+        if key == cur:
+            return [gr.skip()] * 5 + [cur]
+        v = pre_view(job)
+        if v.done and v.dataset:
+            return [v.status, progress_html(v.progress), v.skipped,
+                    gr.Dropdown(choices=ctx.datasets(), value=v.dataset), caption_grid(ctx, v.dataset), key]
+        return [v.status, progress_html(v.progress), v.skipped, gr.skip(), gr.skip(), key]
+
+    timer.tick(poll, seen, [status, bar, skipped, dataset, grid, seen], api_name="preprocess_poll",
+               api_visibility="undocumented", show_progress="hidden", concurrency_limit=None)
+
+    @user_errors("Captions")
+    def grid_fn(d):
+        return caption_grid(ctx, d)
+
+    dataset.change(grid_fn, dataset, grid, api_name="captions")
+
+    @user_errors("Save captions")
+    def save_fn(d, g):
+        return save_captions(ctx, d, g), caption_grid(ctx, d)
+
+    save_btn.click(save_fn, [dataset, grid], [save_msg, grid], api_name="save_captions")
+
+    def refresh(d):
+        return gr.Dropdown(choices=ctx.datasets(), value=d)
+
+    return Refresh(refresh, [dataset], [dataset])
