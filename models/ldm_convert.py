@@ -241,19 +241,17 @@ def save_single_file(model, path: str | Path, *, embed_config: bool | None = Non
     if embed_config is None:
         embed_config = bool(model.random_weights)
     config_json = json.dumps(model_configs(model), sort_keys=True) if embed_config else None
+    metadata = {"ti_studio.family": model.family, "ti_studio.random_weights": str(bool(model.random_weights)).lower()}
+    if config_json:
+        metadata[CONFIG_METADATA_KEY] = config_json
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        metadata = {"format": "pt", "ti_studio.family": model.family}
-        if config_json:
-            metadata[CONFIG_METADATA_KEY] = config_json
         with atomic_path(path) as tmp:
-            save_file(state, str(tmp), metadata=metadata)
+            save_file(state, str(tmp), metadata={"format": "pt", **metadata})
     elif suffix in (".ckpt", ".pt", ".pth"):
-        payload: dict[str, Any] = {"state_dict": state}
-        if config_json:
-            payload[CONFIG_METADATA_KEY] = config_json
+        payload: dict[str, Any] = {"state_dict": state, **metadata}
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
     else:
