@@ -433,3 +433,18 @@ def test_sampler_refuses_a_batch_larger_than_every_bucket():
     with pytest.raises(DataError, match="batch_size 4"):
         EpochSampler(_fake_records([(64, 64)] * 3 + [(80, 48)] * 2), batch_size=4, repeats=1, seed=0)
     assert EpochSampler(_fake_records([(64, 64)] * 3), batch_size=4, repeats=2, seed=0).batches_per_epoch == 1
+
+
+def test_check_uses_the_user_template_folder_and_a_given_scan(messy, tmp_path):
+    user = tmp_path / "templates"
+    user.mkdir()
+    (user / "mine.txt").write_text("my own [name] with [filewords]\n", encoding="utf-8")
+    opts = DataOptions(template="mine", resolution=64)
+    assert not check_dataset(messy, opts, "mycat").ok  # not a shipped template
+    records, skipped = scan_dataset(messy, opts)
+    rep = check_dataset(messy, opts, "mycat", templates_dir=user, scanned=(records[:1], skipped))
+    assert rep.ok and rep.images == 1
+    assert all(p.startswith("my own mycat with") for p in rep.sample_prompts)
+    lines = rep.describe()
+    assert lines[0].startswith("ready to train: 1 image(s), 4 skipped")
+    assert not check_dataset(messy, opts, "", templates_dir=user).ok

@@ -431,15 +431,24 @@ class DatasetReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def summary(self) -> str:
-        """Plain text for the CLI and a log panel."""
-        out = [f"{self.images} image(s); {len(self.skipped)} skipped; {self.missing_captions} without a .txt caption"]
-        out.append("buckets: " + ", ".join(f"{k} ({v})" for k, v in self.buckets.items()) if self.buckets else "")
-        out += [f"skipped {p}: {r}" for p, r in self.skipped]
+    def describe(self) -> list[str]:
+        """One line per fact, for the CLI, a log panel or a Markdown list."""
+        out = [
+            ("ready to train" if self.ok else "cannot train")
+            + f": {self.images} image(s), {len(self.skipped)} skipped, {self.missing_captions} without a .txt caption"
+        ]
+        if self.sizes:
+            out.append("sizes: " + ", ".join(f"{k} ({v})" for k, v in self.sizes.items()))
+        if self.buckets:
+            out.append("trained at: " + ", ".join(f"{k} ({v})" for k, v in self.buckets.items()))
         out += [f"problem: {p}" for p in self.problems]
         out += [f"warning: {w}" for w in self.warnings]
+        out += [f"skipped {p}: {r}" for p, r in self.skipped]
         out += [f"prompt: {p}" for p in self.sample_prompts]
-        return "\n".join(line for line in out if line)
+        return out
+
+    def summary(self) -> str:
+        return "\n".join(self.describe())
 
 
 def _contains_name(prompt: str, name: str, tokenizer, matcher) -> bool:
@@ -451,18 +460,29 @@ def _contains_name(prompt: str, name: str, tokenizer, matcher) -> bool:
 
 
 def check_dataset(
-    folder: Path, opts: DataOptions, name: str, tokenizer=None, n_samples: int = 8, seed: int = 0
+    folder: Path,
+    opts: DataOptions | None = None,
+    name: str = "",
+    tokenizer=None,
+    n_samples: int = 8,
+    seed: int = 0,
+    *,
+    templates_dir: Path | None = None,
+    scanned: tuple[list[ImageRecord], list[tuple[Path, str]]] | None = None,
 ) -> DatasetReport:
     """Scan the folder, build sample prompts, and say whether training can start.
 
     Refuses (``ok=False``) when there is no image or when no prompt holds the embedding's name.
     With a tokenizer the name must appear as its own tokens (as the trainer will find it):
     "a photo of [name]s" renders "mycats", which does not tokenize to "mycat" and trains nothing.
+    ``templates_dir`` is the user's template folder (as for ``load_template``); ``scanned`` is
+    a ``scan_dataset`` result to reuse, so a caller that needs the records decodes images once.
     """
+    opts = opts or DataOptions()
     problems: list[str] = []
     warnings: list[str] = []
     try:
-        records, skipped = scan_dataset(folder, opts)
+        records, skipped = scanned if scanned is not None else scan_dataset(folder, opts)
     except DataError as e:
         return DatasetReport(0, [], {}, {}, 0, [], False, [str(e)])
     report = DatasetReport(
@@ -481,7 +501,7 @@ def check_dataset(
     if not name or not name.strip():
         problems.append("the embedding name is empty")
     try:
-        lines = load_template(opts.template)
+        lines = load_template(opts.template, templates_dir)
     except TemplateError as e:
         problems.append(str(e))
         return report
