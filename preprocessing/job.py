@@ -86,13 +86,16 @@ class _Pending:
     generated: str = ""
 
 
-def preprocess_job(src: str | Path, dst: str | Path | None, options: PreprocessOptions) -> Callable[[Job], dict]:
+def preprocess_job(src: str | Path, dst: str | Path | None, options: PreprocessOptions, *,
+                   captioner: Captioner | None = None) -> Callable[[Job], dict]:
     """A job function for `JobRegistry.submit("preprocess", title, fn)`; its result is
-    `PreprocessResult.to_dict()`."""
+    `PreprocessResult.to_dict()`. Options and folders are checked now, so a mistake is an
+    error at submit time rather than a failed job."""
     options.validate()
+    check_folders(src, dst, options)
 
     def fn(job: Job) -> dict:
-        return run_preprocess(src, dst, options, job=job).to_dict()
+        return run_preprocess(src, dst, options, job=job, captioner=captioner).to_dict()
 
     return fn
 
@@ -103,15 +106,9 @@ def run_preprocess(src: str | Path, dst: str | Path | None, options: PreprocessO
     `options.caption_only`). `captioner` overrides the one the options would load (the UI may
     keep one loaded; tests inject one); an injected captioner is not closed here."""
     options = (options or PreprocessOptions()).validate()
+    check_folders(src, dst, options)
     src_path = Path(src).expanduser()
-    if not src_path.is_dir():
-        raise PreprocessError(f"source folder {src_path} does not exist or is not a folder")
-    if options.caption_only:
-        dst_path = src_path
-    else:
-        if dst is None or str(dst).strip() == "":
-            raise PreprocessError("no destination folder given (or choose caption-only to caption in place)")
-        dst_path = _check_destination(src_path, Path(dst).expanduser(), options.on_existing)
+    dst_path = src_path if options.caption_only else _prepare_destination(Path(dst).expanduser(), options.on_existing)
 
     result = PreprocessResult(src=str(src_path), dst=str(dst_path))
     entries, skipped_now = _scan(src_path, options.recursive)
@@ -126,7 +123,7 @@ def run_preprocess(src: str | Path, dst: str | Path | None, options: PreprocessO
     sources = _name_sources(entries, src_path)
     own_captioner = captioner is None
     if captioner is None:
-        captioner = _load_captioner(options) if options.wants_captions and sources else NullCaptioner()
+        captioner = load_captioner(options) if options.wants_captions and sources else NullCaptioner()
     if job is not None:
         job.message(f"{len(sources)} images in {src_path}" + ("" if options.caption_only else f" -> {dst_path}"))
 
@@ -176,17 +173,33 @@ def run_preprocess(src: str | Path, dst: str | Path | None, options: PreprocessO
 # --- folders -----------------------------------------------------------------------------------
 
 
-def _check_destination(src: Path, dst: Path, on_existing: str) -> Path:
-    s, d = src.resolve(), dst.resolve()
+def check_folders(src: str | Path, dst: str | Path | None, options: PreprocessOptions) -> None:
+    """Raise `PreprocessError` if the folders cannot work; changes nothing on disk.
+
+    The destination may not be the source or lie inside it: outputs there would be read back
+    as inputs on the next run (refusing is clearer than silently excluding them).
+    """
+    src_path = Path(src).expanduser()
+    if not src_path.is_dir():
+        raise PreprocessError(f"source folder {src_path} does not exist or is not a folder")
+    if options.caption_only:
+        return
+    if dst is None or str(dst).strip() == "":
+        raise PreprocessError("no destination folder given (or choose caption-only to caption in place)")
+    dst_path = Path(dst).expanduser()
+    s, d = src_path.resolve(), dst_path.resolve()
     if d == s:
-        raise PreprocessError(f"destination {dst} is the source folder: choose another folder "
+        raise PreprocessError(f"destination {dst_path} is the source folder: choose another folder "
                               f"(or caption-only mode to write captions in place)")
     if s in d.parents:
-        raise PreprocessError(f"destination {dst} is inside the source folder {src}: choose a folder outside it "
-                              f"(outputs would be read back as inputs next time)")
+        raise PreprocessError(f"destination {dst_path} is inside the source folder {src_path}: choose a folder "
+                              f"outside it (outputs would be read back as inputs next time)")
     if d.exists() and not d.is_dir():
-        raise PreprocessError(f"destination {dst} exists and is not a folder")
-    if on_existing == "new_folder" and d.is_dir() and any(d.iterdir()):
+        raise PreprocessError(f"destination {dst_path} exists and is not a folder")
+
+
+def _prepare_destination(dst: Path, on_existing: str) -> Path:
+    if on_existing == "new_folder" and dst.is_dir() and any(dst.iterdir()):
         n = 2
         while True:
             candidate = dst.with_name(f"{dst.name}-{n}")
@@ -373,7 +386,10 @@ def _warn(job: Job | None, text: str) -> None:
         log.warning("%s", text)
 
 
-def _load_captioner(options: PreprocessOptions) -> Captioner:
+def load_captioner(options: PreprocessOptions) -> Captioner:
+    """The captioner the options ask for (CaptionerError with a one-line reason if missing)."""
+    if not options.wants_captions:
+        return NullCaptioner()
     return load_blip(options.blip_model, options.device, allow_download=options.allow_download,
                      cache_dir=options.cache_dir, max_new_tokens=options.caption_max_tokens,
                      num_beams=options.caption_beams)
