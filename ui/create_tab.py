@@ -46,10 +46,8 @@ def describe_plan(ctx: AppContext, model_spec: str, name: str, init_text: str, v
 
     if not (name or "").strip():
         return "Type a name: it is the word you will put in prompts."
-    loaded = ctx.loaded_model(model_spec)
-    tokenizer = loaded.tokenizers[0] if loaded is not None else ctx.tokenizer()
-    try:
-        plan = plan_embedding(tokenizer, name, init_text, int(vectors), mode)  # type: ignore[arg-type]
+    try:  # every SD family shares CLIP's vocabulary: no need to load the model to count tokens
+        plan = plan_embedding(ctx.tokenizer(), name, init_text, int(vectors), mode)  # type: ignore[arg-type]
     except EmbeddingError as e:
         return f"**Cannot create yet:** {e}"
     lines = [f"- {line}" for line in plan.describe()]

@@ -44,34 +44,29 @@ class Row:
         return [self.name, self.vectors, self.family, self.step, self.base_model, self.file, self.status, self.reason]
 
 
-def _get(obj: Any, *names: str, default: Any = None) -> Any:
-    for n in names:
-        v = obj.get(n) if isinstance(obj, dict) else getattr(obj, n, None)
-        if v is not None:
-            return v
-    return default
-
-
 def library_rows(ctx: AppContext) -> list[Row]:
     """One row per file in the embeddings folder, usable or not."""
-    lib = ctx.library(None)
     rows = []
-    for e in lib.entries():
-        emb = _get(e, "embedding")
-        path = Path(_get(e, "path", "file", default=""))
-        reason = _get(e, "reason", "error", "skip_reason", default="") or ""
-        meta = emb.metadata if emb is not None else {}
+    for e in ctx.library(None).entries():
+        meta = e.metadata or {}
         rows.append(Row(
-            name=str(_get(e, "name", default=emb.name if emb is not None else path.stem)),
-            vectors=emb.num_vectors if emb is not None else None,
-            family=str((emb.family if emb is not None else None) or meta.get("family") or "–"),
-            step=emb.step if emb is not None else None,
+            name=e.name,
+            vectors=e.num_vectors,
+            family=str(e.family or meta.get("family") or "–"),
+            step=e.step,
             base_model=str(meta.get("base_model") or meta.get("sd_checkpoint_name") or "–"),
-            file=path.name,
-            status=str(_get(e, "status", default="skipped" if reason else "ok")),
-            reason=str(reason),
+            file=_display(ctx, e.path),
+            status=e.status,
+            reason=e.reason or "; ".join(e.warnings or []),
         ))
     return rows
+
+
+def _display(ctx: AppContext, path: Path) -> str:
+    try:
+        return str(Path(path).relative_to(ctx.data.embeddings))
+    except ValueError:
+        return Path(path).name
 
 
 def table(ctx: AppContext) -> pd.DataFrame:
@@ -81,19 +76,20 @@ def table(ctx: AppContext) -> pd.DataFrame:
 def _entry(ctx: AppContext, name: str):
     if not (name or "").strip():
         raise fail("Pick an embedding first (click its row or choose it in the list)")
-    lib = ctx.library(None)
-    entry = lib.get(name)
-    if entry is None:
-        raise fail(f"{name}: no such embedding in {ctx.data.embeddings}")
-    return entry
+    entries = ctx.library(None).entries()
+    for pred in (lambda e: e.name == name, lambda e: e.name.casefold() == name.casefold()):
+        for e in entries:
+            if pred(e):
+                return e
+    raise fail(f"{name}: no such embedding in {ctx.data.embeddings}")
 
 
 def _embedding(ctx: AppContext, name: str):
     entry = _entry(ctx, name)
-    emb = _get(entry, "embedding")
+    emb = ctx.library(None).get(entry.name)
     if emb is None:
-        raise fail(f"{name}: cannot be used ({_get(entry, 'reason', 'error', default='unreadable')})")
-    return emb, Path(_get(entry, "path", "file"))
+        raise fail(f"{name}: cannot be used ({entry.reason or 'unreadable'})")
+    return emb, Path(entry.path)
 
 
 def inspect(ctx: AppContext, name: str) -> tuple[pd.DataFrame, str, dict[str, Any]]:
@@ -123,17 +119,7 @@ def export(ctx: AppContext, name: str, fmt: str) -> str:
     out_dir = ctx.data.exports / emb.name
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / export_name(emb, fmt)
-    written = save_embedding(emb, target, fmt=fmt) if _takes_fmt(save_embedding) else save_embedding(emb, target)
-    return str(written[0] if isinstance(written, (list, tuple)) else written)
-
-
-def _takes_fmt(fn) -> bool:
-    import inspect as _inspect
-
-    try:
-        return "fmt" in _inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+    return str(save_embedding(emb, target, fmt))
 
 
 def rename(ctx: AppContext, name: str, new_name: str) -> str:
@@ -165,8 +151,8 @@ def add_files(ctx: AppContext, paths: list[str] | None) -> str:
             problems.append(f"{src.name}: not an embedding file type")
             continue
         try:
-            result = lib.add_file(src)
-            added.append(getattr(result, "name", None) or Path(str(result)).name)
+            entry = lib.add_file(src)
+            added.append(entry.name + ("" if entry.ok else f" (added, but {entry.reason})"))
         except (ValueError, OSError) as e:
             problems.append(str(e))
     lines = []

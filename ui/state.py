@@ -39,9 +39,9 @@ class AppContext:
     data: DataDir
     registry: JobRegistry = field(default_factory=JobRegistry)
     default_model: str | None = None
-    _models: dict[str, Any] = field(default_factory=dict, repr=False)
     _model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
+    _libraries: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     # --- base models -----------------------------------------------------------------------
     def model_choices(self) -> list[ModelChoice]:
@@ -77,20 +77,12 @@ class AppContext:
         return self.default_model or "tiny"
 
     def model(self, spec: str):
-        """Load a base model once and keep it: the same modules serve Create and Generate."""
-        from models.load import load_base_model
+        """The base model, from the process-wide cache the training worker also uses (one copy)."""
+        from models.cache import get_model
 
         spec = (spec or "").strip() or self.default_model_spec()
-        with self._model_lock:
-            if spec not in self._models:
-                log.info("loading base model %s", spec)
-                self._models[spec] = load_base_model(spec, self.data)
-            return self._models[spec]
-
-    def loaded_model(self, spec: str):
-        """The model if it is already loaded, else None (never loads: for live previews)."""
-        with self._model_lock:
-            return self._models.get((spec or "").strip() or self.default_model_spec())
+        log.info("base model %s", spec)
+        return get_model(spec, self.data)
 
     def tokenizer(self):
         """The CLIP tokenizer all SD families share, for live token counts before a model loads."""
@@ -103,21 +95,26 @@ class AppContext:
 
     # --- embeddings --------------------------------------------------------------------------
     def library(self, model=None):
-        """The embeddings library, checked against `model`'s encoder widths (or not checked)."""
+        """The embeddings library, checked against `model`'s encoder widths (None: not checked).
+
+        One library per width set, kept between calls, so unchanged files are not re-read.
+        """
         from embeddings.library import EmbeddingLibrary
 
         widths = model.widths if model is not None else None
-        tokenizer = model.tokenizers[0] if model is not None else self.tokenizer()
-        lib = EmbeddingLibrary(self.data.embeddings, widths, tokenizer)
+        key = tuple(sorted(widths.items())) if widths else None
+        with self._model_lock:
+            lib = self._libraries.get(key)
+            if lib is None:
+                tokenizer = model.tokenizers[0] if model is not None else None
+                lib = self._libraries[key] = EmbeddingLibrary(self.data.embeddings, widths, tokenizer)
         lib.refresh()
         return lib
 
     def usable_embeddings(self, model) -> tuple[list[Any], list[tuple[str, str]]]:
-        """(embeddings that fit `model`, [(file name, why skipped)]) for prompts and previews."""
+        """(embeddings that fit `model`, [(name, why skipped)]) for prompts and previews."""
         lib = self.library(model)
-        loaded = list(lib.loaded().values()) if isinstance(lib.loaded(), dict) else list(lib.loaded())
-        skipped = [(e.name, e.reason) for e in lib.entries() if getattr(e, "reason", None)]
-        return loaded, skipped
+        return list(lib.loaded().values()), [(e.name, e.reason or "") for e in lib.skipped()]
 
     # --- folders ---------------------------------------------------------------------------
     def embedding_files(self) -> list[Path]:

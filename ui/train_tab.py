@@ -193,29 +193,15 @@ def dataset_report(ctx: AppContext, dataset: str, embedding: str, template: str)
     folder = _dataset_path(ctx, dataset)
     if folder is None:
         return "Pick a dataset (make one in the Preprocess tab)." if not dataset else f"**{dataset}:** no such folder"
+    from training.dataset import DataOptions, check_dataset
+
     try:
-        from training.dataset import check_dataset
-    except ImportError:
-        imgs = [p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp")]
-        caps = list(folder.glob("*.txt"))
-        return f"{len(imgs)} image(s), {len(caps)} caption file(s) in `{folder.name}`"
-    try:
-        report = _call_check(check_dataset, folder, embedding, template, ctx)
+        opts = DataOptions(template=template) if template else DataOptions()
+        report = check_dataset(folder, opts, name=embedding or "", tokenizer=ctx.tokenizer(),
+                               templates_dir=ctx.data.root / "templates")
     except (ValueError, OSError) as e:
         return f"**Dataset problem:** {short(str(e))}"
     return _report_markdown(report)
-
-
-def _call_check(check_dataset, folder: Path, embedding: str, template: str, ctx: AppContext):
-    import inspect
-
-    params = inspect.signature(check_dataset).parameters
-    kwargs: dict[str, Any] = {}
-    for key, value in (("name", embedding or "[name]"), ("embedding", embedding or "[name]"),
-                       ("template", template), ("data_dir", ctx.data)):
-        if key in params:
-            kwargs[key] = value
-    return check_dataset(folder, **kwargs)
 
 
 def _report_markdown(report: Any) -> str:
@@ -360,12 +346,9 @@ def interrupt(ctx: AppContext) -> str:
     job = current_job(ctx)
     if job is None or job.state.done:
         raise fail("No training run is going on")
-    try:
-        from training.service import interrupt as service_interrupt
+    from training.service import interrupt as service_interrupt
 
-        service_interrupt(job)
-    except ImportError:
-        job.request_stop()
+    service_interrupt(job)
     return "Interrupt requested: the run saves its vectors and a resume bundle, then stops."
 
 
@@ -380,6 +363,11 @@ def resume(ctx: AppContext) -> str:
 
 
 def _last_run_folder(ctx: AppContext) -> Path:
+    """The run folder of the latest training job (its first "files" event names it)."""
+    for job in reversed(ctx.registry.jobs("train")):
+        for ev in job.events("files"):
+            if ev.data.get("what") == "run folder" and ev.data.get("paths"):
+                return Path(ev.data["paths"][0])
     from training.run_folder import list_runs
 
     for run in list_runs(ctx.data.runs):
@@ -391,9 +379,7 @@ def _last_run_folder(ctx: AppContext) -> Path:
 def restore_settings(ctx: AppContext, names: list[str], embedding: str) -> tuple[list[Any], str]:
     """Picking an embedding fills the form with the settings it was last trained with."""
     try:
-        lib = ctx.library(None)
-        entry = lib.get(embedding)
-        emb = getattr(entry, "embedding", None) if entry is not None else None
+        emb = ctx.library(None).get(embedding)
     except (ImportError, ValueError, OSError) as e:
         log.info("cannot read %s: %s", embedding, e)
         emb = None
