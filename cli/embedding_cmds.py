@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from cli import CliError
-from cli.common import data_dir
+from cli.common import data_dir, print_json
 
 
 def register(sub) -> None:
@@ -16,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--format", choices=["safetensors", "pt"], default="safetensors")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run_create)
+    register_inspect_convert(sub)
 
 
 def run_create(args) -> int:
@@ -35,4 +39,107 @@ def run_create(args) -> int:
         print(line)
     path = save_embedding(emb, target)
     print(f"created {path}")
+    return 0
+
+
+def register_inspect_convert(sub) -> None:
+    from embeddings.formats import FORMATS
+
+    p = sub.add_parser("inspect", help="show what an embedding file holds and which models it fits")
+    p.add_argument("file", help="a .pt, .bin, .safetensors, .png or .webp embedding")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=run_inspect)
+
+    p = sub.add_parser("convert", help="write an embedding file in another format")
+    p.add_argument("file", help="the embedding to convert")
+    p.add_argument("--to", required=True, choices=FORMATS, help="target format")
+    p.add_argument("-o", "--output", default=None,
+                   help="output file or folder (default: next to FILE, named after the embedding)")
+    p.add_argument("--preview", default=None, help="picture for --to png (default: a plain picture)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=run_convert)
+
+
+def fitting_families(widths: dict[str, int]) -> list[str]:
+    """Model families whose text-encoder widths equal the embedding's (the tiny test model too)."""
+    from embeddings.embedding import FAMILY_WIDTHS
+    from models.tiny import TEXT_WIDTH
+
+    fams = [fam for fam, w in FAMILY_WIDTHS.items() if w == widths]
+    if widths == {"clip_l": TEXT_WIDTH}:
+        fams.append("tiny")
+    return fams
+
+
+def inspect_report(path: Path) -> dict[str, Any]:
+    """Everything `inspect` shows, as JSON-able data (also used by the UI)."""
+    from embeddings.formats import load_embedding
+
+    emb = load_embedding(path)
+    report = emb.summary()
+    report["file"] = str(path)
+    report["format"] = emb.metadata.get("format")
+    report["sha256"] = emb.metadata.get("sha256")
+    report["fits"] = fitting_families(emb.widths)
+    return report
+
+
+def run_inspect(args) -> int:
+    report = inspect_report(Path(args.file))
+    if args.json:
+        print_json(report)
+        return 0
+    meta = {k: v for k, v in report["metadata"].items() if k not in ("format", "sha256")}
+    widths = ", ".join(f"{k} {w}" for k, w in report["widths"].items())
+    fits = ", ".join(report["fits"]) or "no known model family (widths: sd1 768, sd2 1024, sdxl 768+1280, tiny 32)"
+    print(f"file:     {report['file']}")
+    print(f"format:   {report['format']}")
+    print(f"name:     {report['name']}")
+    print(f"vectors:  {report['vectors']}")
+    print(f"width:    {widths}")
+    print(f"fits:     {fits}")
+    print(f"step:     {report['step']}")
+    print(f"healthy:  {'yes' if report['healthy'] else 'NO: contains NaN/inf'}")
+    print(f"sha256:   {(report['sha256'] or '')[:12]}")
+    print("norms:")
+    for key, norms in report["norms"].items():
+        shown = " ".join(f"{x:.4f}" if isinstance(x, float) else str(x) for x in norms)
+        print(f"  {key}: {shown}")
+    if meta:
+        print("metadata:")
+        for k, v in meta.items():
+            print(f"  {k}: {v}")
+    return 0
+
+
+def run_convert(args) -> int:
+    from embeddings.formats import export_name, load_embedding, save_embedding
+    from embeddings.formats.diffusers_format import pair_paths
+
+    src = Path(args.file)
+    emb = load_embedding(src)
+    if not emb.is_finite():
+        raise CliError(f"{src.name}: contains NaN/inf values; refusing to convert a broken embedding")
+    if args.output is None:
+        out = src.parent / export_name(emb, args.to)
+    else:
+        out = Path(args.output)
+        if out.is_dir() or args.output.endswith(("/", "\\")):
+            out = out / export_name(emb, args.to)
+        else:
+            # The file name is the embedding's name in A1111 and the token in diffusers: keep them equal.
+            emb = emb.copy(name=out.stem if out.suffix else out.name)
+    if not out.suffix:
+        out = out.with_name(out.name + Path(export_name(emb, args.to)).suffix)
+    targets = [out]
+    if args.to == "diffusers" and len(emb.vectors) == 2:
+        targets.append(pair_paths(out)[1])
+    for t in targets:
+        if t.exists() and t.resolve() == src.resolve():
+            raise CliError(f"{t} is the input file; choose another output with -o")
+        if t.exists() and not args.overwrite:
+            raise CliError(f"{t} already exists (use --overwrite to replace it)")
+    written = save_embedding(emb, out, args.to, preview=args.preview)
+    extra = f" and {targets[1].name}" if len(targets) > 1 else ""
+    print(f"wrote {written}{extra} ({args.to}, {emb.num_vectors} vectors, name {emb.name!r})")
     return 0

@@ -136,7 +136,9 @@ def load_embedding(path: str | Path) -> Embedding:
         except EmbeddingFileError:
             other = None
         if other is not None and is_pair(other, emb):
-            raise EmbeddingFileError(path, f"second half (clip_g) of the SDXL pair {first.name}: load {first.name}")
+            raise EmbeddingFileError(
+                path, f"second half (clip_g) of the SDXL pair with {first.name}; it is read through that file"
+            )
     if second is not None:
         try:
             other = _load_single(second)
