@@ -218,9 +218,19 @@ def test_no_upscale_buckets_keep_aspect_and_never_grow(size):
     assert bw % step == 0 and bh % step == 0
     assert bw <= w and bh <= h  # never upscaled
     assert bw * bh <= 64 * 64 and max(bw, bh) <= hi
-    # the aspect ratio survives up to one rounding step on each side
+    # at least as true to the aspect as flooring both sides to the grid would be
     s = min(1.0, math.sqrt(64 * 64 / (w * h)), hi / max(w, h))
-    assert w * s - step < bw <= w * s + 1e-6 and h * s - step < bh <= h * s + 1e-6
+    fw, fh = (w * s) // step * step, (h * s) // step * step
+    assert abs(math.log(bw / bh / (w / h))) <= abs(math.log(fw / fh / (w / h))) + 1e-9
+    assert bw * bh >= 0.5 * fw * fh
+
+
+def test_no_upscale_prefers_the_true_aspect_over_flooring():
+    opts = DataOptions(resolution=512, bucketing=True, no_upscale=True)
+    # flooring 591x443 would give 576x384 (3:2); 512x384 keeps 4:3 exactly
+    assert choose_bucket(1024, 768, opts) == (512, 384)
+    assert choose_bucket(768, 1024, opts) == (384, 512)
+    assert choose_bucket(2000, 2000, opts) == (512, 512)
 
 
 def test_too_small_for_a_bucket_is_refused():

@@ -194,10 +194,19 @@ def choose_bucket(width: int, height: int, opts: DataOptions) -> tuple[int, int]
         return min(bucket_sizes(opts), key=lambda b: (abs(math.log(b[0] / b[1]) - aspect), -b[0] * b[1]))
     area = opts.resolution * opts.resolution
     s = min(1.0, math.sqrt(area / (width * height)), hi / max(width, height))
-    bw, bh = _floor_to(width * s, step), _floor_to(height * s, step)
-    if bw < step or bh < step:
+    top_w, top_h = _floor_to(width * s, step), _floor_to(height * s, step)
+    if top_w < step or top_h < step:
         raise DataError(f"{width}x{height} is smaller than one bucket step ({step} px) and no_upscale is on")
-    return bw, bh
+    # Flooring both sides can distort the aspect a lot (1024x768 -> 576x384 is 3:2); weigh the
+    # picture cropped away against the resolution given up and keep the best grid size.
+    full = width * s * height * s
+
+    def cost(b: tuple[int, int]) -> tuple[float, int]:
+        crop = 1.0 - min(b[0] / b[1] * height / width, b[1] / b[0] * width / height)
+        return crop + (1.0 - b[0] * b[1] / full), -b[0] * b[1]
+
+    grid = [(bw, bh) for bw in range(step, top_w + 1, step) for bh in range(step, top_h + 1, step)]
+    return min(grid, key=cost)
 
 
 # --- pixels -----------------------------------------------------------------------------------
