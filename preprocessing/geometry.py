@@ -183,17 +183,17 @@ def focal_box(img: Image.Image, tw: int, th: int, *, edges_weight: float = 0.5, 
     win = max(1, round((tw if horizontal else th) * k))
     n_small = g.shape[1] if horizontal else g.shape[0]
     max_off = max(0, n_small - win)
-    candidates = sorted(set(np.linspace(0, max_off, num=min(max_off + 1, 65)).round().astype(int).tolist()))
+    mid = max_off // 2
+    candidates = sorted({mid, *np.linspace(0, max_off, num=min(max_off + 1, 65)).round().astype(int).tolist()})
     profile = edges.sum(axis=0 if horizontal else 1)
     cum = np.concatenate([[0.0], np.cumsum(profile)])
     edge_scores = np.array([cum[c + win] - cum[c] for c in candidates])
     ent_scores = np.array([_entropy(g[:, c:c + win] if horizontal else g[c:c + win, :]) for c in candidates])
     score = edges_weight * _norm(edge_scores) + entropy_weight * _norm(ent_scores)
-    centre = max_off / 2
-    # prefer the centre among (near) ties so a featureless image crops like `center`
-    order = sorted(range(len(candidates)), key=lambda i: (-round(float(score[i]), 6), abs(candidates[i] - centre)))
+    # prefer the centre among (near) ties so a featureless image crops exactly like `center`
+    order = sorted(range(len(candidates)), key=lambda i: (-round(float(score[i]), 6), abs(candidates[i] - mid)))
     best = candidates[order[0]]
-    offset = min(free, max(0, round(best / k))) if max_off else free // 2
+    offset = free // 2 if best == mid else min(free, max(0, round(best / k)))
     if horizontal:
         return (offset, (h - th) // 2, offset + tw, (h - th) // 2 + th)
     return ((w - tw) // 2, offset, (w - tw) // 2 + tw, offset + th)
