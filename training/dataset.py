@@ -315,6 +315,9 @@ def scan_dataset(folder: Path, opts: DataOptions) -> tuple[list[ImageRecord], li
         except (ImageReadError, DataError) as e:
             skipped.append((path, str(e)))
             continue
+        except Exception as e:  # noqa: BLE001 - one odd file must never stop the scan
+            skipped.append((path, f"cannot be used ({type(e).__name__}: {e})"))
+            continue
         caption, source, problem = read_caption(path, opts)
         if problem:
             skipped.append((path.with_suffix(CAPTION_SUFFIX), problem))
