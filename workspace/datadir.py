@@ -36,6 +36,11 @@ class DataDir:
         return self.root / "models"
 
     @property
+    def templates(self) -> Path:
+        """The user's own prompt templates; they win over the shipped ones with the same name."""
+        return self.root / "templates"
+
+    @property
     def cache(self) -> Path:
         """Things we can rebuild: the tiny model, latents, exports for download."""
         return self.root / "cache"
@@ -45,6 +50,6 @@ class DataDir:
         return self.cache / "exports"
 
     def ensure(self) -> "DataDir":
-        for p in (self.embeddings, self.datasets, self.runs, self.models, self.cache):
+        for p in (self.embeddings, self.datasets, self.runs, self.models, self.templates, self.cache):
             p.mkdir(parents=True, exist_ok=True)
         return self
