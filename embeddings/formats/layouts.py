@@ -114,7 +114,7 @@ def classify(path: Path, data: Any, *, container: str, name: str) -> Embedding:
             raise EmbeddingFileError(path, f"unknown layout: keys {describe_keys(data)}, none is a tensor "
                                            "(not an embedding file)")
         if len(data) != 1:
-            if len(tensors) > 1:
+            if len(tensors) > 1 and _look_like_terms([data[k] for k in tensors]):
                 raise EmbeddingFileError(path, f"several terms in one file ({len(tensors)} tensors: "
                                                f"{describe_keys(dict.fromkeys(tensors))}); an embedding file must hold one")
             raise EmbeddingFileError(path, f"unknown layout: keys {describe_keys(data)}")
@@ -135,6 +135,12 @@ def classify(path: Path, data: Any, *, container: str, name: str) -> Embedding:
         return Embedding(name=name, vectors=vectors, step=step, metadata=meta)
     except EmbeddingError as e:
         raise EmbeddingFileError(path, str(e)) from e
+
+
+def _look_like_terms(tensors: list[torch.Tensor]) -> bool:
+    """Several embeddings side by side (same width, 1-D or 2-D), as opposed to e.g. a LoRA."""
+    widths = {t.shape[-1] for t in tensors if t.dim() in (1, 2)}
+    return len(widths) == 1 and all(t.dim() in (1, 2) for t in tensors)
 
 
 def _as_int(value: Any) -> int:

@@ -304,7 +304,11 @@ def _same_vectors(a: Any, b: dict) -> bool:
         return [v for v in d.values() if isinstance(v, torch.Tensor)]
 
     ta, tb = tensors(a), tensors(b)
-    return len(ta) == len(tb) and all(torch.equal(x.float(), y.float()) for x, y in zip(ta, tb, strict=True))
+    def same(x: torch.Tensor, y: torch.Tensor) -> bool:
+        x, y = x.float(), y.float()
+        return x.shape == y.shape and bool(((x == y) | (torch.isnan(x) & torch.isnan(y))).all())
+
+    return len(ta) == len(tb) and all(same(x, y) for x, y in zip(ta, tb, strict=True))
 
 
 def save_png(emb: Embedding, path: Path, preview=None, *, caption: bool = True) -> Path:
