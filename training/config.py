@@ -9,6 +9,7 @@ errors that name the key, so a typo in a config file never silently trains with 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import tomllib
 import types
@@ -116,7 +117,7 @@ class TrainConfig:
         kwargs: dict[str, Any] = {}
         for key, value in values.items():
             if key not in known:
-                close = [k for k in known if k.replace("_", "") == str(key).replace("_", "").replace("-", "")]
+                close = difflib.get_close_matches(str(key).replace("-", "_"), list(known), n=1, cutoff=0.75)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"{prefix}unknown setting {key!r}{hint}")
             try:

@@ -252,6 +252,8 @@ def train(
 
     # ---- 6. the loop ---------------------------------------------------------------------------------
     step = start
+    if evaluator is not None and state is None:  # the baseline the later eval points compare with
+        job.emit("eval", step=step, loss=evaluator.loss(vectors))
     last_good = _snapshot_state(vectors, optimizer)
     bad_in_a_row = 0
     stopped = "finished"
