@@ -52,23 +52,45 @@ def load_base_model(spec: str, data_dir: DataDir) -> BaseModel:
     raise ModelError(f"{spec}: no such model file, folder or built-in name")
 
 
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, read at call time (the env var wins over the import-time value)."""
+    env = os.environ.get("HF_HUB_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hub_downloads_enabled() -> bool:
+    """Downloads happen only when the user turned HF_HUB_OFFLINE off (app.py defaults it on)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("0", "", "false", "no", "off")
+
+
+HUB_PATTERNS = {
+    "allow_patterns": ["*.json", "*.txt", "*.safetensors", "*.model"],
+    "ignore_patterns": ["*.fp16.*", "*non_ema*", "*ema-only*", "safety_checker/*"],
+}
+
+
 def load_hub_model(repo_id: str, data_dir: DataDir) -> BaseModel:
+    """A diffusers model from the local HF cache (or downloaded, only if downloads are on)."""
     from huggingface_hub import snapshot_download
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = not hub_downloads_enabled()
     try:
-        folder = snapshot_download(
-            repo_id,
-            local_files_only=offline,
-            allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"],
-            ignore_patterns=["*.fp16.*", "*non_ema*", "*ema-only*", "safety_checker/*"],
-        )
-    except OSError as e:  # LocalEntryNotFoundError and connection errors are OSErrors
-        raise ModelError(
-            f"{repo_id} is not in the local Hugging Face cache and downloads are off: "
-            f"download it once (HF_HUB_OFFLINE=0 python app.py models --download {repo_id}), "
-            "or point at a local folder or .safetensors file"
-        ) from e
+        folder = snapshot_download(repo_id, cache_dir=hf_cache_dir(), local_files_only=offline, **HUB_PATTERNS)
+    except (OSError, ValueError) as e:  # LocalEntryNotFoundError, HTTP and validation errors
+        if offline:
+            raise ModelError(
+                f"{repo_id} is not in the local Hugging Face cache and downloads are off: download it once "
+                f"with `HF_HUB_OFFLINE=0 python app.py models --download {repo_id}`, "
+                "or use a local diffusers folder or .safetensors file"
+            ) from e
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{repo_id} could not be downloaded ({reason}): check the id and your connection") from e
+    if not (Path(folder) / "model_index.json").is_file():
+        raise ModelError(f"{repo_id} is not a diffusers model (no model_index.json); download its .safetensors file instead")
     return load_diffusers_folder(Path(folder), name=repo_id, source="hub", location=repo_id, cache_dir=data_dir.cache)
 
 

@@ -152,7 +152,7 @@ def _read_torch(path: Path) -> Checkpoint:
     with open(path, "rb") as f:
         magic = f.read(2)
     is_zip = zipfile.is_zipfile(path)
-    if not is_zip and magic[:1] != b"\x80":  # torch zip archive, or a (legacy) pickle stream
+    if not is_zip and magic != b"PK" and magic[:1] != b"\x80":  # torch zip archive, or a legacy pickle
         raise ModelError(f"{path.name}: not a checkpoint (neither a torch archive nor a pickle)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
