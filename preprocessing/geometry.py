@@ -6,7 +6,7 @@ and boxes) and so a re-run can know its outputs before decoding anything.
 
 Crop modes:
 - `center`: scale to cover the target, cut the middle (A1111's "crop and resize").
-- `fit`: keep the whole picture and its aspect ratio, longest side = target (for bucketed
+- `fit`: keep the whole picture and its aspect ratio at the target's area (for bucketed
   training); each side is trimmed to a multiple of `multiple_of` (the VAE needs multiples of 8).
 - `focal`: like `center`, but the window slides to the most detailed region (edges + entropy).
 - `keep`: no resize, no crop.
@@ -85,7 +85,9 @@ def plan_cover(w: int, h: int, tw: int, th: int, *, upscale: bool = False, kind:
 
 
 def plan_fit(w: int, h: int, tw: int, th: int, *, upscale: bool = False, multiple_of: int = 8) -> CropPlan:
-    s = min(tw / w, th / h)
+    """Keep the whole picture: scale to the target's *area* (as aspect-ratio buckets do), so a
+    2:1 image at 512 becomes 724x362, not 512x256; then trim each side to `multiple_of`."""
+    s = math.sqrt((tw * th) / (w * h))
     small = s > 1.0 and not upscale
     if small:
         s = 1.0

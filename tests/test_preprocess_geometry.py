@@ -27,12 +27,13 @@ def test_center_crop_scales_to_cover_then_cuts_the_middle():
     assert plan.boxes == [(0, 128, 768, 640)]
 
 
-def test_fit_keeps_the_whole_picture_and_trims_to_multiples_of_8():
+def test_fit_keeps_the_whole_picture_at_the_target_area_in_multiples_of_8():
+    # 800x600 -> scale sqrt(512*512 / 480000) = 0.7390 -> 591x443, trimmed to 584x440, centred
     plan = plan_crops(800, 600, 512, 512, mode="fit")
-    assert plan.resize_to == (512, 384) and plan.boxes == [(0, 0, 512, 384)]
-    # 1000x333 * 0.512 = 512 x 170.5 -> 170 rows, trimmed to 168, centred: top 1
+    assert plan.resize_to == (591, 443) and plan.boxes == [(3, 1, 587, 441)]
+    # 1000x333 -> scale sqrt(262144 / 333000) = 0.8873 -> 887x295, trimmed to 880x288
     plan = plan_crops(1000, 333, 512, 512, mode="fit")
-    assert plan.resize_to == (512, 170) and plan.boxes == [(0, 1, 512, 169)]
+    assert plan.resize_to == (887, 295) and plan.boxes == [(3, 3, 883, 291)]
 
 
 def test_small_images_are_not_upscaled_unless_asked():

@@ -274,3 +274,20 @@ def test_caption_editor_lists_and_saves(tmp_path):
         set_caption(tmp_path / "missing.png", "x")
     with pytest.raises(ValueError, match="readme.md is not an image"):
         set_caption(tmp_path / "readme.md", "x")
+
+
+def test_focal_and_fit_modes_in_the_job(tmp_path):
+    import numpy as np
+
+    s = tmp_path / "s"
+    s.mkdir()
+    g = np.full((64, 192), 120, dtype=np.uint8)
+    g[:, 140:180] = np.random.default_rng(5).integers(0, 256, (64, 40), dtype=np.uint8)
+    Image.fromarray(g).convert("RGB").save(s / "detail-right.png")
+    focal = run_preprocess(s, tmp_path / "focal", opts(crop="focal"))
+    centre = run_preprocess(s, tmp_path / "centre", opts(crop="center"))
+    spread = [np.asarray(Image.open(r.outputs[0]).convert("L")).std() for r in (focal, centre)]
+    assert spread[0] > 40 and spread[1] < 1  # focal found the detail; the centre of this image is flat
+    fit = run_preprocess(s, tmp_path / "fit", opts(crop="fit"))
+    # the target's area: sqrt(64*64 / (192*64)) = 0.577 -> 111x37 -> trimmed to multiples of 8
+    assert Image.open(fit.outputs[0]).size == (104, 32)
