@@ -266,9 +266,10 @@ def live_view(job) -> LiveView:
             warnings.append(str(d.get("text", "")))
         elif ev.kind == "error":
             warnings.append("Error: " + str(d.get("text", "")))
-        elif ev.kind in ("snapshot", "files", "saved"):
+        elif ev.kind == "files" and d.get("what") != "run folder":
             for p in _paths(d):
-                downloads[Path(p).suffix.lower() or p] = p
+                if Path(p).name != BUNDLE:  # the resume bundle is not an embedding to download
+                    downloads[Path(p).suffix.lower()] = p
         elif ev.kind == "state" and d.get("state") == "queued":
             queued_ahead = d.get("ahead")
     state = job.state.value
@@ -289,6 +290,9 @@ def live_view(job) -> LiveView:
     warn = "\n".join(f"- ⚠ {short(w)}" for w in warnings[-20:])
     return LiveView(title, progress, loss, norms, previews[-24:], warn, list(downloads.values()),
                     not job.state.done)
+
+
+BUNDLE = "resume.pt"  # training.run_folder.BUNDLE, kept here so the view needs no torch import
 
 
 def _paths(d: dict[str, Any]) -> list[str]:
@@ -363,11 +367,14 @@ def resume(ctx: AppContext) -> str:
 
 
 def _last_run_folder(ctx: AppContext) -> Path:
-    """The run folder of the latest training job (its first "files" event names it)."""
+    """The run folder of the latest training job that left a resume bundle (a job stopped while
+    still queued leaves none); its first "files" event names the folder."""
     for job in reversed(ctx.registry.jobs("train")):
         for ev in job.events("files"):
             if ev.data.get("what") == "run folder" and ev.data.get("paths"):
-                return Path(ev.data["paths"][0])
+                folder = Path(ev.data["paths"][0])
+                if (folder / BUNDLE).is_file():
+                    return folder
     from training.run_folder import list_runs
 
     for run in list_runs(ctx.data.runs):
@@ -453,7 +460,7 @@ def build(ctx: AppContext, demo=None):
     for c in sched_inputs:
         c.change(schedule_plot, sched_inputs, [lr_plot, lr_msg], api_visibility="private", show_progress="hidden")
     sched_btn = gr.Button(visible=False)
-    sched_btn.click(schedule_plot, sched_inputs, [lr_plot, lr_msg], api_name="schedule_plot")
+    sched_btn.click(schedule_plot, sched_inputs, [lr_plot, lr_msg], api_name="lr_schedule")
 
     def tmpl(t, e, d):
         return template_preview(ctx, t, e, d)
