@@ -26,13 +26,16 @@ FAMILIES = [
 
 
 def make_embedding(name: str = "foo", widths: dict[str, int] | None = None, n: int = 3, seed: int = 0,
-                   step: int = 42) -> Embedding:
+                   step: int = 42, extremes: bool = True) -> Embedding:
     """Random float32 vectors including awkward values (tiny, huge, negative zero) for bit-exact checks."""
     widths = widths or {"clip_l": 768}
     gen = torch.Generator().manual_seed(seed)
     vectors = {}
     for key, w in widths.items():
         t = torch.randn(n, w, generator=gen) * 0.3
+        if not extremes:
+            vectors[key] = t
+            continue
         t[0, 0] = 1e-38
         t[0, 1] = -0.0
         t[-1, -1] = 3.4e38
