@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from cli import CliError
 from cli.common import data_dir, print_json
@@ -60,32 +59,10 @@ def register_inspect_convert(sub) -> None:
     p.set_defaults(func=run_convert)
 
 
-def fitting_families(widths: dict[str, int]) -> list[str]:
-    """Model families whose text-encoder widths equal the embedding's (the tiny test model too)."""
-    from embeddings.embedding import FAMILY_WIDTHS
-    from models.tiny import TEXT_WIDTH
-
-    fams = [fam for fam, w in FAMILY_WIDTHS.items() if w == widths]
-    if widths == {"clip_l": TEXT_WIDTH}:
-        fams.append("tiny")
-    return fams
-
-
-def inspect_report(path: Path) -> dict[str, Any]:
-    """Everything `inspect` shows, as JSON-able data (also used by the UI)."""
-    from embeddings.formats import load_embedding
-
-    emb = load_embedding(path)
-    report = emb.summary()
-    report["file"] = str(path)
-    report["format"] = emb.metadata.get("format")
-    report["sha256"] = emb.metadata.get("sha256")
-    report["fits"] = fitting_families(emb.widths)
-    return report
-
-
 def run_inspect(args) -> int:
-    report = inspect_report(Path(args.file))
+    from embeddings.formats.report import inspect_file
+
+    report = inspect_file(Path(args.file))
     if args.json:
         print_json(report)
         return 0
