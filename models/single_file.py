@@ -323,7 +323,7 @@ def check_fits(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tup
     if not any(k.startswith(VAE_PREFIX) for k in shapes):
         raise ModelError(f"{name}: the file has no VAE ({VAE_PREFIX}*); a full checkpoint is needed")
     missing = [k for k in expected if k not in shapes]
-    wrong = [(k, shapes[k], v) for k, v in expected.items() if k in shapes and tuple(shapes[k]) != v]
+    wrong = [(k, shapes[k], v) for k, v in expected.items() if k in shapes and not _same_shape(shapes[k], v)]
     if not missing and not wrong:
         return
     details = [f"{k} is {list(got)}, expected {list(want)}" for k, got, want in wrong[:3]]
@@ -333,6 +333,13 @@ def check_fits(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tup
         f"{name}: does not fit the {config_label} architecture: {'; '.join(details)}. "
         "If it is a non-standard model, load it with a diffusers config folder that describes it"
     )
+
+
+def _same_shape(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    """Equal, or equal but for trailing 1x1 (VAE attention stored as Linear by some converters)."""
+    got, want = tuple(got), tuple(want)
+    strip = lambda s: s[:-2] if len(s) == 4 and s[2:] == (1, 1) else s  # noqa: E731
+    return got == want or strip(got) == strip(want)
 
 
 def family_tokenizers(family: str, cache_dir: Path) -> list[Any]:
