@@ -245,7 +245,9 @@ class EmbeddingLibrary:
         return None
 
     def get(self, name: str) -> Embedding | None:
-        """The usable embedding called `name` (case-insensitive, as in prompts), or None."""
+        """The usable embedding called `name` (case-insensitive, as in prompts), or None.
+
+        The object is shared with the library's cache: treat it as read-only (`.copy()` to train)."""
         entry = self._entry(name)
         if entry is None or not entry.ok:
             return None
@@ -331,8 +333,9 @@ class EmbeddingLibrary:
             picture = im.convert("RGB")
         found = find_data_blocks(picture)
         if found is not None:  # keep only the picture between the data blocks
-            lo, hi = found[2]
-            picture = picture.crop((lo + 1, 0, hi, picture.size[1])) if hi - lo > 1 else picture
+            left, top, right, bottom = found[2]
+            if right > left and bottom > top:
+                picture = picture.crop((left, top, right, bottom))
         renamed = emb.copy(name=new_name)
         save_embedding(renamed, target, "png", preview=picture, caption=False)
 

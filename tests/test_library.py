@@ -196,3 +196,23 @@ def test_add_file_validates_and_refuses_overwrite(tmp_path):
     entry = lib.add_file(wide, filename="wide.safetensors")
     assert entry.name == "wide" and entry.status == "skipped" and "768" in entry.reason
     assert sorted(p.name for p in lib_dir.iterdir()) == ["new.pt", "wide.safetensors"]
+
+
+def test_rename_image_keeps_its_picture_even_with_black_margins(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    preview = Image.fromarray(np.random.default_rng(3).integers(20, 250, (40, 30, 3), dtype=np.uint8))
+    src = save_embedding(make_embedding("framed", TINY), tmp_path / "x.png", preview=preview, caption=False)
+    with Image.open(src) as im:
+        framed = Image.new("RGB", (im.size[0] + 10, im.size[1] + 10))
+        framed.paste(im.convert("RGB"), (5, 5))  # black margins, no text chunks
+    framed.save(tmp_path / "framed.png")
+    src.unlink()
+    lib = EmbeddingLibrary(tmp_path, widths=TINY)
+    lib.refresh()
+    entry = lib.rename("framed", "reframed")
+    out = Image.open(entry.path).convert("RGB")
+    w = (out.size[0] - 30 - 2) // 2
+    assert np.array_equal(np.asarray(out)[:, w + 1 : w + 31], np.asarray(preview))
+    assert load_embedding(entry.path).name == "reframed"

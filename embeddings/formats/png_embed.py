@@ -152,26 +152,30 @@ def insert_data_embed(picture, payload: dict, first_vector: torch.Tensor):
     return canvas
 
 
-def _crop_black(arr: np.ndarray) -> np.ndarray:
+def _crop_black(arr: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """Crop to the box of pixels whose channels are all non-zero; also return the (row, col) offset."""
     mask = (arr > 0).all(axis=2)
     cols, rows = mask.any(axis=0), mask.any(axis=1)
     if not cols.any():
-        return arr[:0, :0]
+        return arr[:0, :0], (0, 0)
     c0, c1 = int(cols.argmax()), mask.shape[1] - int(cols[::-1].argmax())
     r0, r1 = int(rows.argmax()), mask.shape[0] - int(rows[::-1].argmax())
-    return arr[r0:r1, c0:c1]
+    return arr[r0:r1, c0:c1], (r0, c0)
 
 
-def find_data_blocks(image) -> tuple[np.ndarray, np.ndarray, tuple[int, int]] | None:
-    """(low block, high block, (first, last) separator column) in the cropped image, or None."""
-    arr = _crop_black(np.asarray(image.convert("RGB"), dtype=np.uint8)) & 0x0F
+def find_data_blocks(image) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]] | None:
+    """(low block, high block, box of the picture between the separators in image coordinates
+    as (left, top, right, bottom)), or None when the image has no data blocks."""
+    cropped, (r0, c0) = _crop_black(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    arr = cropped & 0x0F
     if arr.size == 0:
         return None
     black = np.where(arr.sum(axis=(0, 2), dtype=np.int64) == 0)[0]
     if black.size < 2:
         return None
     lo, hi = int(black.min()), int(black.max())
-    return arr[:, :lo, :], arr[:, hi + 1 :, :], (lo, hi)
+    box = (c0 + lo + 1, r0, c0 + hi, r0 + arr.shape[0])
+    return arr[:, :lo, :], arr[:, hi + 1 :, :], box
 
 
 def extract_data_embed(image) -> Any:
