@@ -47,7 +47,8 @@ def write_clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> Path
     """Write a CLIPTokenizer folder (vocab.json, merges.txt, configs). Idempotent."""
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "vocab.json").is_file() or not (folder / "merges.txt").is_file():
-        lines = gzip.open(_bpe_gz_path()).read().decode("utf-8").split("\n")
+        with gzip.open(_bpe_gz_path()) as f:
+            lines = f.read().decode("utf-8").split("\n")
         merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
         vocab = list(_bytes_to_unicode().values())
         vocab += [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
