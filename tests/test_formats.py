@@ -400,3 +400,10 @@ def test_failed_write_keeps_old_file(tmp_path):
         save_embedding(bad, path)
     assert load_embedding(path).equal(good)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.safetensors"]  # no temp files left
+
+
+def test_suffix_completion_when_format_is_named(tmp_path):
+    emb = make_embedding("v1.5-style", {"clip_l": 32})
+    assert save_embedding(emb, tmp_path / "v1.5-style", "safetensors") == tmp_path / "v1.5-style.safetensors"
+    assert save_embedding(emb, tmp_path / "run.diffusers", "diffusers") == tmp_path / "run.bin"
+    assert load_embedding(tmp_path / "v1.5-style.safetensors").name == "v1.5-style"

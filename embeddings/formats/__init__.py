@@ -179,7 +179,11 @@ def save_embedding(emb: Embedding, path: str | Path, fmt: str | None = None, *, 
     fmt = fmt or format_for_path(path)
     if fmt not in FORMATS:
         raise EmbeddingError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
-    if not path.suffix:
+    suffix = path.suffix.lower()
+    known = {s for suffixes in _WRITE_SUFFIXES.values() for s in suffixes}
+    if suffix == f".{fmt}" and suffix not in _WRITE_SUFFIXES[fmt]:  # "name.diffusers" -> "name.bin"
+        path = path.with_suffix(_EXPORT_SUFFIX[fmt])
+    elif suffix not in known:  # no suffix, or a dot inside the name ("v1.5-style")
         path = path.with_name(path.name + _EXPORT_SUFFIX[fmt])
     if path.suffix.lower() not in _WRITE_SUFFIXES[fmt]:
         raise EmbeddingError(f"{path.name}: a {fmt} file must end in {' or '.join(_WRITE_SUFFIXES[fmt])}")
