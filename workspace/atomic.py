@@ -20,6 +20,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; saved files get ordinary permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -48,6 +49,12 @@ def atomic_write_with(target: str | Path, writer: Callable[[Path], object]) -> P
     with atomic_path(target) as tmp:
         writer(tmp)
     return Path(target)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
