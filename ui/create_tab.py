@@ -106,9 +106,10 @@ def build(ctx: AppContext) -> CreateTab:
     def plan_fn(m: str, n: str, t: str, v: float, md: str) -> str:
         return describe_plan(ctx, m, n, t, v, md)
 
-    for comp in inputs:
-        comp.change(plan_fn, inputs, plan, api_name="create_plan" if comp is name else None,
-                    api_visibility="public" if comp is name else "private", show_progress="hidden")
+    # One listener for all inputs: with one per input, a slow early answer could land last and
+    # show a plan for text that was already changed.
+    gr.on([c.change for c in inputs], plan_fn, inputs, plan, api_name="create_plan", show_progress="hidden",
+          trigger_mode="always_last")
 
     @user_errors("Create")
     def create_fn(m: str, n: str, t: str, v: float, md: str, f: str, ow: bool) -> tuple[str, str, str]:

@@ -42,6 +42,7 @@ class AppContext:
     _model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
     _libraries: dict[Any, Any] = field(default_factory=dict, repr=False)
+    _tokenizer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # --- base models -----------------------------------------------------------------------
     def model_choices(self) -> list[ModelChoice]:
@@ -86,12 +87,15 @@ class AppContext:
 
     def tokenizer(self):
         """The CLIP tokenizer all SD families share, for live token counts before a model loads."""
-        if self._tokenizer is None:
-            from models.tokenizer import load_clip_tokenizer, write_clip_tokenizer
+        # Locked: several live-preview events arrive at once on page load, and transformers'
+        # lazy imports are not thread-safe ("cannot import name 'CLIPTokenizer'").
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                from models.tokenizer import load_clip_tokenizer, write_clip_tokenizer
 
-            folder = write_clip_tokenizer(self.data.cache / "tokenizers" / "clip")
-            self._tokenizer = load_clip_tokenizer(folder)
-        return self._tokenizer
+                folder = write_clip_tokenizer(self.data.cache / "tokenizers" / "clip")
+                self._tokenizer = load_clip_tokenizer(folder)
+            return self._tokenizer
 
     # --- embeddings --------------------------------------------------------------------------
     def library(self, model=None):

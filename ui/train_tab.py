@@ -457,23 +457,24 @@ def build(ctx: AppContext, demo=None):
 
     # live helpers
     sched_inputs = [comps["lr"], comps["lr_kind"], comps["max_steps"], comps["warmup_steps"], comps["min_lr"]]
-    for c in sched_inputs:
-        c.change(schedule_plot, sched_inputs, [lr_plot, lr_msg], api_visibility="private", show_progress="hidden")
+    gr.on([c.change for c in sched_inputs], schedule_plot, sched_inputs, [lr_plot, lr_msg],
+          api_visibility="private", show_progress="hidden", trigger_mode="always_last")
     sched_btn = gr.Button(visible=False)
     sched_btn.click(schedule_plot, sched_inputs, [lr_plot, lr_msg], api_name="lr_schedule")
 
     def tmpl(t, e, d):
         return template_preview(ctx, t, e, d)
 
-    for c in (comps["template"], comps["embedding"], comps["dataset"]):
-        c.change(tmpl, [comps["template"], comps["embedding"], comps["dataset"]], template_md,
-                 api_visibility="private", show_progress="hidden")
+    tmpl_inputs = [comps["template"], comps["embedding"], comps["dataset"]]
+    gr.on([c.change for c in tmpl_inputs], tmpl, tmpl_inputs, template_md, api_visibility="private",
+          show_progress="hidden", trigger_mode="always_last")
 
     def check(d, e, t):
         return dataset_report(ctx, d, e, t)
 
-    comps["dataset"].change(check, [comps["dataset"], comps["embedding"], comps["template"]], dataset_md,
-                            api_name="dataset_check", show_progress="hidden")
+    check_inputs = [comps["dataset"], comps["embedding"], comps["template"]]
+    gr.on([c.change for c in check_inputs], check, check_inputs, dataset_md, api_name="dataset_check",
+          show_progress="hidden", trigger_mode="always_last")
 
     def restore(e):
         if not e:
