@@ -146,3 +146,24 @@ def test_vector_shuffle_alpha_flip_and_accumulation_run(tiny_model, data, tmp_pa
     # norm clipping at 0.01 with lr 0.02 bounds each Adam step: the vectors move, but not far
     loss = [e.data["loss"] for e in job.events("loss")]
     assert all(torch.isfinite(torch.tensor(x)) for x in loss)
+
+
+def test_sdxl_trains_both_encoders_with_time_ids(data, tmp_path):
+    """tiny-sdxl: two encoders (clip_l + clip_g), pooled text embeds and add_time_ids in the UNet."""
+    from embeddings.create import create_embedding
+    from embeddings.formats import save_embedding
+    from models.load import load_base_model
+    from train_fixtures import make_dataset, tiny_config
+
+    model = load_base_model("tiny-sdxl", data)
+    assert model.family == "sdxl"
+    emb = create_embedding(model, "flatcol", "colour", 2)
+    save_embedding(emb, data.embeddings / "flatcol.safetensors")
+    cfg = tiny_config(data, make_dataset(tmp_path / "xl", n=2), model="tiny-sdxl", max_steps=2, eval_every=2)
+    job = _job()
+    out = train(cfg, model, data, job)
+    final = load_embedding(out["embedding"])
+    assert set(final.vectors) == {"clip_l", "clip_g"} and final.step == 2
+    for key in ("clip_l", "clip_g"):  # gradient reached both encoders' vectors
+        assert not torch.equal(final.vectors[key], emb.vectors[key])
+    assert set(job.events("norms")[-1].data["norms"]) == {"clip_l", "clip_g"}
