@@ -150,10 +150,11 @@ def test_vector_shuffle_alpha_flip_and_accumulation_run(tiny_model, data, tmp_pa
 
 def test_sdxl_trains_both_encoders_with_time_ids(data, tmp_path):
     """tiny-sdxl: two encoders (clip_l + clip_g), pooled text embeds and add_time_ids in the UNet."""
+    from train_fixtures import make_dataset, tiny_config
+
     from embeddings.create import create_embedding
     from embeddings.formats import save_embedding
     from models.load import load_base_model
-    from train_fixtures import make_dataset, tiny_config
 
     model = load_base_model("tiny-sdxl", data)
     assert model.family == "sdxl"
