@@ -143,6 +143,7 @@ def test_full_workflow_in_browser(browser, app, tmp_path):
     expect(page.locator("#train_status")).to_contain_text("step 10/10")
     expect(page.locator("#train_previews img")).to_have_count(2, timeout=30_000)
     expect(page.locator("#train_loss canvas, #train_loss svg").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#train_loss")).to_contain_text("smoothed", timeout=30_000)  # the legend has both lines
     shot(page, "train")
 
     link = page.locator("#train_downloads tr", has_text=re.compile(r"\.safetensors")).locator("a")

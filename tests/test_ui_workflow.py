@@ -120,8 +120,8 @@ def test_preprocess_captions_train_interrupt_resume(app, tmp_path):
     _, note = c.predict("0.005:abc", "stepped", 10, 0, 0, api_name="/lr_schedule")
     assert note.startswith("**Learning rate:**")
 
-    report = c.predict("pset", "pcat", "subject_filewords", api_name="/dataset_check")
-    assert "3 image(s)" in report
+    report = c.predict("pset", "pcat", "subject_filewords", 64, api_name="/dataset_check")
+    assert "3 image(s)" in report and "trained at: 64x64" in report
 
     args = _train_args(embedding="pcat", dataset="pset", model="tiny", resolution=64, max_steps=10,
                        preview_every=5, save_every=5, preview_steps=2, snapshot_formats=["safetensors", "png"],

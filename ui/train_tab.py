@@ -188,7 +188,7 @@ def _dataset_path(ctx: AppContext, dataset: str) -> Path | None:
     return p if p.is_dir() else None
 
 
-def dataset_report(ctx: AppContext, dataset: str, embedding: str, template: str) -> str:
+def dataset_report(ctx: AppContext, dataset: str, embedding: str, template: str, resolution: float | None = None) -> str:
     """The dataset check (counts, sizes, sample prompts), or a one-line problem."""
     folder = _dataset_path(ctx, dataset)
     if folder is None:
@@ -196,7 +196,8 @@ def dataset_report(ctx: AppContext, dataset: str, embedding: str, template: str)
     from training.dataset import DataOptions, check_dataset
 
     try:
-        opts = DataOptions(template=template) if template else DataOptions()
+        opts = DataOptions(**{k: v for k, v in (("template", template), ("resolution", int(resolution or 0)))
+                              if v})
         report = check_dataset(folder, opts, name=embedding or "", tokenizer=ctx.tokenizer(),
                                templates_dir=ctx.data.root / "templates")
     except (ValueError, OSError) as e:
@@ -220,8 +221,8 @@ def _report_markdown(report: Any) -> str:
 class LiveView:
     status: str
     progress: float
-    loss: pd.DataFrame
-    norms: pd.DataFrame
+    loss: pd.DataFrame | None
+    norms: pd.DataFrame | None
     previews: list[tuple[str, str]]
     warnings: str
     downloads: list[str]
@@ -315,14 +316,14 @@ def _thin(rows: list[tuple]) -> list[tuple]:
     return rows[::stride] + [rows[-1]]
 
 
-def _empty_loss() -> pd.DataFrame:
-    return pd.DataFrame({"step": pd.Series([], dtype=float), "loss": pd.Series([], dtype=float),
-                         "series": pd.Series([], dtype=str)})
+def _empty_loss() -> None:
+    # None, not an empty DataFrame: Gradio 6.31's LinePlot fixes its colour legend from the first
+    # value it draws, so starting from an empty frame leaves every later line invisible.
+    return None
 
 
-def _empty_norms() -> pd.DataFrame:
-    return pd.DataFrame({"step": pd.Series([], dtype=float), "norm": pd.Series([], dtype=float),
-                         "vector": pd.Series([], dtype=str)})
+def _empty_norms() -> None:
+    return None
 
 
 def _view_outputs(v: LiveView) -> list[Any]:
@@ -469,10 +470,10 @@ def build(ctx: AppContext, demo=None):
     gr.on([c.change for c in tmpl_inputs], tmpl, tmpl_inputs, template_md, api_visibility="private",
           show_progress="hidden", trigger_mode="always_last")
 
-    def check(d, e, t):
-        return dataset_report(ctx, d, e, t)
+    def check(d, e, t, r):
+        return dataset_report(ctx, d, e, t, r)
 
-    check_inputs = [comps["dataset"], comps["embedding"], comps["template"]]
+    check_inputs = [comps["dataset"], comps["embedding"], comps["template"], comps["resolution"]]
     gr.on([c.change for c in check_inputs], check, check_inputs, dataset_md, api_name="dataset_check",
           show_progress="hidden", trigger_mode="always_last")
 
