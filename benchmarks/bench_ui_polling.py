@@ -1,0 +1,108 @@
+"""Does the page's polling slow training? Training it/s with no browser, one tab and three tabs.
+
+Runs the real app on localhost with the tiny model, trains the same run (same seed, same data)
+under each condition, and prints a table. The browser is Debian's Chromium through Playwright,
+on the Train tab, so its gr.Timer polls the job once a second as a user's page would.
+
+    .venv/bin/python benchmarks/bench_ui_polling.py [--steps 100] [--rounds 3] [--resolution 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def train_once(app, steps: int, resolution: int, tag: str) -> dict:
+    from training.config import TrainConfig
+    from training.service import start_training
+
+    config = TrainConfig(embedding="benchcat", dataset="benchset", model="tiny", resolution=resolution,
+                         more_steps=steps, preview_every=0, save_every=0, lr="0.005", run_name=f"bench-{tag}")
+    job = start_training(app.ctx.registry, config, app.data)
+    job.wait()
+    if job.state.value != "finished":
+        raise SystemExit(f"{tag}: run ended {job.state.value}: {job.error}")
+    prog = [e for e in job.events("progress") if e.data.get("phase") != "latents" and "step" in e.data]
+    times = [(e.data["step"], e.time) for e in prog]
+    # steady state: skip the first 10% (model warm-up, first-step allocations)
+    start = max(1, len(times) // 10)
+    (s0, t0), (s1, t1) = times[start], times[-1]
+    rates = [e.data["it_s"] for e in prog[start:] if isinstance(e.data.get("it_s"), (int, float))]
+    return {"it_s": (s1 - s0) / (t1 - t0), "median_reported": statistics.median(rates) if rates else float("nan")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    from embeddings.create import create_embedding
+    from embeddings.formats import save_embedding
+    from tests.ui_fixtures import make_images, running_app
+    from workspace.datadir import DataDir
+
+    data = DataDir.at(Path(tempfile.mkdtemp(prefix="bench-ui-")) / "data").ensure()
+    make_images(data.datasets / "benchset", n=4, size=args.resolution)
+    for p in (data.datasets / "benchset").glob("*.png"):
+        p.with_suffix(".txt").write_text("a toy")
+    conditions = ["no browser", "1 tab on Train", "3 tabs on Train"]
+    results: dict[str, list[dict]] = {c: [] for c in conditions}
+    with running_app(data) as app:
+        save_embedding(create_embedding(app.ctx.model("tiny"), "benchcat", "cat", 2),
+                       data.embeddings / "benchcat.safetensors")
+        train_once(app, max(20, args.steps // 5), args.resolution, "warmup")
+        if not Path(CHROMIUM).exists():
+            print("chromium missing: only the no-browser condition")
+            conditions = conditions[:1]
+            for r in range(args.rounds):
+                results["no browser"].append(train_once(app, args.steps, args.resolution, f"none-{r}"))
+        else:
+            from playwright.sync_api import sync_playwright
+
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+                # Conditions interleave round by round, so a noisy neighbour on a shared machine
+                # hits all of them alike; the table shows medians.
+                for r in range(args.rounds):
+                    for cond in conditions:
+                        n = 0 if cond == "no browser" else int(cond.split()[0])
+                        pages = []
+                        for _ in range(n):
+                            page = browser.new_page()
+                            page.goto(app.url)
+                            page.get_by_role("tab", name="Train").click()
+                            pages.append(page)
+                        results[cond].append(train_once(app, args.steps, args.resolution, f"{n}-{r}"))
+                        for page in pages:
+                            page.close()
+                browser.close()
+
+    base = statistics.median(r["it_s"] for r in results["no browser"])
+    print(f"\ntiny model, {args.steps} steps x {args.rounds} rounds at {args.resolution}px, "
+          f"{os.cpu_count()} CPU threads, page polls every 1 s (medians; spread = min..max)")
+    print(f"{'condition':<18} {'it/s (wall)':>12} {'spread':>14} {'it/s (reported)':>16} {'vs no browser':>14}")
+    for cond in conditions:
+        walls = [r["it_s"] for r in results[cond]]
+        rep = statistics.median(r["median_reported"] for r in results[cond])
+        med = statistics.median(walls)
+        print(f"{cond:<18} {med:>12.2f} {min(walls):>6.2f}..{max(walls):<6.2f} {rep:>16.2f} {100 * med / base:>13.1f}%")
+
+
+if __name__ == "__main__":
+    main()
