@@ -96,14 +96,14 @@ def inspect(ctx: AppContext, name: str) -> tuple[pd.DataFrame, str, dict[str, An
     """(per-vector norms, markdown summary, the settings it was trained with)."""
     emb, path = _embedding(ctx, name)
     norms = emb.norms()
-    rows = [[k, i, round(v, 5)] for k, vals in norms.items() for i, v in enumerate(vals)]
+    rows = [[k, f"v{i}", round(v, 5)] for k, vals in norms.items() for i, v in enumerate(vals)]
     df = pd.DataFrame(rows, columns=["encoder", "vector", "norm"])
     meta = {k: v for k, v in emb.metadata.items() if k != "settings"}
     widths = ", ".join(f"{k} {w}" for k, w in emb.widths.items())
     md = "\n".join([
         f"### {emb.name}",
         f"- file: `{path.name}`",
-        f"- vectors: {emb.num_vectors} · widths: {widths} · family: {emb.family or '–'} · step: {emb.step}",
+        f"- vectors: {emb.num_vectors} · widths: {widths} · family: {emb.family or emb.metadata.get('family') or '–'} · step: {emb.step}",
         f"- finite: {'yes' if emb.is_finite() else '**NO (NaN/inf values)**'}",
         "```json\n" + json.dumps(meta, indent=2, default=str, ensure_ascii=False)[:4000] + "\n```",
     ])
