@@ -23,7 +23,7 @@ from ui.state import IMAGE_SUFFIXES, AppContext
 
 BASIC = ("width", "height", "crop", "captioner", "blip_model", "flip", "prefix", "suffix", "on_existing")
 HIDDEN = ("cache_dir",)  # set by the app: helper models live in the data folder's cache
-POLL_SECONDS = 0.5
+POLL_SECONDS = 1.0
 GRID_COLUMNS = ["image", "file", "caption"]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ LABELS = {
     "preview_seeds": "Preview seeds (comma separated)",
 }
 POLL_SECONDS = 1.0
+CHART_SECONDS = 5.0  # loss/norm charts, previews and downloads refresh this often while running
 MAX_PLOT_POINTS = 1500
 
 
@@ -509,12 +511,21 @@ def build(ctx: AppContext, demo=None):
         job = current_job(ctx)
         if job is None:
             return [gr.skip()] * 7 + [cur] if cur == "none" else [*_view_outputs(live_view(None)), "none"]
-        if cur and cur != "none" and cur[0] == job.id:
+        same_job = bool(cur) and cur != "none" and cur[0] == job.id
+        if same_job:
             new_events, _ = job.events_since(cur[1])
             if not new_events:
                 return [gr.skip()] * 7 + [cur]  # nothing new: no bytes go to the browser
         _, seen = job.events_since(0)
-        return [*_view_outputs(live_view(job)), (job.id, seen)]
+        v = live_view(job)
+        now = time.monotonic()
+        charts_due = not same_job or not v.running or now - cur[2] >= CHART_SECONDS
+        if not charts_due:
+            # Redrawing the charts and gallery costs the browser far more than the status line;
+            # on a small machine that CPU is taken from training. Status every tick, charts less often.
+            return [v.status, progress_html(v.progress), gr.skip(), gr.skip(), gr.skip(), v.warnings, gr.skip(),
+                    (job.id, seen, cur[2])]
+        return [*_view_outputs(v), (job.id, seen, now)]
 
     timer.tick(poll, cursor, [status_md, bar, loss_plot, norm_plot, gallery, warn_md, downloads, cursor],
                api_name="poll", api_visibility="undocumented", show_progress="hidden", concurrency_limit=None)
