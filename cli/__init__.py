@@ -40,18 +40,32 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    # Global options work after the command word too (`app.py create x --data-dir d`).
+    for command in sub.choices.values():
+        known = {o for a in command._actions for o in a.option_strings}
+        if "--data-dir" not in known:
+            command.add_argument("--data-dir", default=argparse.SUPPRESS, help="data folder (default ./data)")
+        if "--verbose" not in known:
+            command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     return parser
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
 
 
 def main(argv: list[str]) -> int:
     parser = build_parser()
+    if not set(argv) & (_commands(parser) | {"-h", "--help"}):
+        argv = ["serve", *argv]  # `python app.py --port 7861` starts the UI, like `python app.py`
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.command is None:
-        args = parser.parse_args(["serve", *argv])
     try:
         return int(args.func(args) or 0)
     except (CliError, EmbeddingError, ModelError, ValueError, OSError) as e:

@@ -138,13 +138,14 @@ def train(
 
     opts = config.data_options()
     folder = resolve_dataset(config.dataset, data_dir)
-    report = check_dataset(folder, opts, emb.name, model.tokenizers[0])
+    records, skipped = scan_dataset(folder, opts)  # decode every image once, shared with the check
+    report = check_dataset(folder, opts, emb.name, model.tokenizers[0], templates_dir=data_dir.templates,
+                           scanned=(records, skipped))
     if not report.ok:
         raise TrainingError(f"{folder}: the dataset check failed: " + "; ".join(report.problems))
-    records, skipped = scan_dataset(folder, opts)
     for path, why in skipped:
         warn(f"skipped {path}: {why}")
-    lines = load_template(config.template)
+    lines = load_template(config.template, data_dir.templates)
     say(f"dataset {folder}: {len(records)} image(s); template {config.template} ({len(lines)} line(s))")
 
     # ---- 3. device, frozen model, latents -----------------------------------------------------------
