@@ -156,7 +156,7 @@ def template_preview(ctx: AppContext, template: str, embedding: str, dataset: st
     if not template:
         return ""
     try:
-        lines = load_template(template, ctx.data.root / "templates")
+        lines = load_template(template, ctx.data.templates)
     except TemplateError as e:
         return f"**Template:** {e}"
     captions = _sample_captions(ctx, dataset, n)
@@ -201,7 +201,7 @@ def dataset_report(ctx: AppContext, dataset: str, embedding: str, template: str,
         opts = DataOptions(**{k: v for k, v in (("template", template), ("resolution", int(resolution or 0)))
                               if v})
         report = check_dataset(folder, opts, name=embedding or "", tokenizer=ctx.tokenizer(),
-                               templates_dir=ctx.data.root / "templates")
+                               templates_dir=ctx.data.templates)
     except (ValueError, OSError) as e:
         return f"**Dataset problem:** {short(str(e))}"
     return _report_markdown(report)
@@ -409,7 +409,7 @@ def build(ctx: AppContext, demo=None):
 
     fields = _fields()
     comps: dict[str, gr.components.Component] = {}
-    templates = list(list_templates(ctx.data.root / "templates"))
+    templates = list(list_templates(ctx.data.templates))
     with gr.Row():
         with gr.Column(scale=3):
             with gr.Row():
