@@ -29,8 +29,25 @@ TEXT_WIDTH_2 = 64
 BUILTIN_NOTE = "random weights, for trying the workflow"
 
 
+def tiny_vae(seed: int, scaling_factor: float = 0.18215):
+    """The SD VAE layout (4 blocks, 8x downscale, 4 latent channels) at toy widths."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=2,
+        norm_num_groups=4,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+    )
+
+
 def tiny_components(seed: int = TINY_SEED) -> dict:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -60,16 +77,7 @@ def tiny_components(seed: int = TINY_SEED) -> dict:
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         cross_attention_dim=TEXT_WIDTH,
     )
-    torch.manual_seed(seed + 2)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=2,
-        norm_num_groups=4,
-        latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        sample_size=64,
-    )
+    vae = tiny_vae(seed + 2)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -86,7 +94,7 @@ def tiny_sdxl_components(seed: int = TINY_SEED) -> dict:
     projection whose pooled output feeds the UNet's `text_time` embedding), a 3-level UNet
     whose first level has no attention, transformer depth that grows with level, linear
     projections. Cross-attention width is 32 + 64 = 96, as SDXL's is 768 + 1280."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     def text_config(width: int, hidden_act: str, pad_token_id: int) -> CLIPTextConfig:
@@ -125,17 +133,7 @@ def tiny_sdxl_components(seed: int = TINY_SEED) -> dict:
         addition_time_embed_dim=time_dim,
         projection_class_embeddings_input_dim=TEXT_WIDTH_2 + 6 * time_dim,
     )
-    torch.manual_seed(seed + 13)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=2,
-        norm_num_groups=4,
-        latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        sample_size=64,
-        scaling_factor=0.13025,
-    )
+    vae = tiny_vae(seed + 13, scaling_factor=0.13025)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
