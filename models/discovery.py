@@ -115,7 +115,11 @@ def folder_family(folder: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     width = te.get("hidden_size")
-    return {768: "sd1", 1024: "sd2"}.get(width)
+    if not isinstance(width, int):
+        return None
+    # The loader's rule (models.load.load_diffusers_folder): 1024 is SD 2.x, any other width an
+    # SD 1.x layout (the tiny model's 32 included), so a folder lists as the family it loads as.
+    return "sd2" if width == 1024 else "sd1"
 
 
 def _folder_size(folder: Path) -> int:
