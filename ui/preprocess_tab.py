@@ -18,10 +18,52 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ui.common import Refresh, fail, short, user_errors
+from ui.common import FieldText, Refresh, fail, field_text, grouped_fields, short, user_errors, widget_for_field
 from ui.state import IMAGE_SUFFIXES, AppContext
 
 BASIC = ("width", "height", "crop", "captioner", "blip_model", "flip", "prefix", "suffix", "on_existing")
+# "More options" by topic; a PreprocessOptions field in no group lands in "Other".
+MORE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Size & crop", ("upscale", "split", "multiple_of", "split_threshold", "split_overlap", "focal_edges_weight",
+                     "focal_entropy_weight")),
+    ("Pixels", ("keep_alpha", "output_format", "background", "max_pixels", "max_aspect")),
+    ("Captions", ("caption_only", "allow_download", "caption_to", "existing_caption", "device",
+                  "caption_batch_size", "caption_max_tokens", "caption_beams")),
+    ("Folders", ("recursive",)),
+)
+T = FieldText
+TEXTS: dict[str, FieldText] = {
+    "width": T("Width (px)"),
+    "height": T("Height (px)"),
+    "crop": T("Crop", "center: cut the middle; fit: whole picture, own aspect; focal: most detailed part; keep: as is"),
+    "captioner": T("Captioner", "blip writes a caption per image"),
+    "blip_model": T("BLIP model", "Hub id or folder; tiny-blip = built-in random, for trying"),
+    "flip": T("Also save mirrored copies", "Same caption"),
+    "prefix": T("Caption prefix", "Put before every caption, e.g. a trigger word"),
+    "suffix": T("Caption suffix"),
+    "on_existing": T("If outputs exist", "skip them, overwrite, or write into a new folder"),
+    "upscale": T("Upscale small images", "Otherwise they keep their size and are reported"),
+    "split": T("Split very wide / tall images", "Into overlapping crops instead of one"),
+    "multiple_of": T("Sides a multiple of (px)", "The VAE needs 8"),
+    "split_threshold": T("Split when aspect is off by", "0 to 1"),
+    "split_overlap": T("Split overlap", "0 to 0.9 of a crop"),
+    "focal_edges_weight": T("Focal crop: edges weight"),
+    "focal_entropy_weight": T("Focal crop: detail weight"),
+    "keep_alpha": T("Keep transparency", "RGBA PNG, for the alpha-weighted loss"),
+    "output_format": T("Save as"),
+    "background": T("Background colour", "Under transparent pixels, when they are not kept"),
+    "max_pixels": T("Refuse images above (pixels)", "Guards against decompression bombs; 0 = no limit"),
+    "max_aspect": T("Refuse aspect ratios above", "0 = no limit"),
+    "caption_only": T("Only write captions", "Caption the source folder in place; images untouched"),
+    "allow_download": T("Allow model download", "Fetch the BLIP model from the hub if not cached"),
+    "caption_to": T("Write captions to", "sidecar: a .txt beside the image; filename: A1111 style"),
+    "existing_caption": T("Existing .txt captions", "ignore; keep it; prepend / append: put it before / after the new one"),
+    "device": T("Captioner device", "auto, cpu, cuda, cuda:1…"),
+    "caption_batch_size": T("Caption batch size"),
+    "caption_max_tokens": T("Caption length (tokens)"),
+    "caption_beams": T("Caption beams", "More = better captions, slower"),
+    "recursive": T("Include subfolders"),
+}
 HIDDEN = ("cache_dir",)  # set by the app: helper models live in the data folder's cache
 POLL_SECONDS = 1.0
 GRID_COLUMNS = ["image", "file", "caption"]
@@ -44,22 +86,14 @@ def _fields() -> list[tuple[str, Any, Any]]:
             if f.name not in HIDDEN]
 
 
-def _component(name: str, hint: Any, default: Any):
-    label = name.replace("_", " ").capitalize()
+def _component(name: str, hint: Any, default: Any, **kwargs: Any):
+    text = field_text(name, TEXTS)
     eid = f"pre_{name}"
-    choices = _choices()
-    if name == "blip_model":
+    if name == "blip_model":  # a dropdown that also takes any hub id or folder
         return gr.Dropdown(["tiny-blip", str(default)], value=str(default), allow_custom_value=True, elem_id=eid,
-                           label="BLIP model (hub id or folder; tiny-blip = built-in random, for trying)")
-    if name in choices:
-        return gr.Dropdown(list(choices[name]), value=default, label=label, elem_id=eid)
-    if hint is bool:
-        return gr.Checkbox(default, label=label, elem_id=eid)
-    if hint is int:
-        return gr.Number(default, precision=0, label=label, elem_id=eid)
-    if hint is float:
-        return gr.Number(default, label=label, elem_id=eid)
-    return gr.Textbox("" if default is None else str(default), label=label, elem_id=eid)
+                           label=text.label, info=text.info, **kwargs)
+    return widget_for_field(name, hint, default, label=text.label, info=text.info, choices=_choices().get(name),
+                            elem_id=eid, **kwargs)
 
 
 def options_from_form(ctx: AppContext, names: list[str], values: list[Any]):
@@ -235,13 +269,17 @@ def build(ctx: AppContext) -> Refresh:
                 folder_files = gr.File(label="Pick a folder", file_count="directory", elem_id="pre_folder")
                 server_folder = gr.Textbox(label="Or a folder on this machine (read in place)",
                                            placeholder="/home/me/pictures/cat", elem_id="pre_server_folder")
-            with gr.Row():
-                for fname in BASIC:
-                    comps[fname] = _component(fname, *next((h, d) for n, h, d in fields if n == fname))
-            with gr.Accordion("More options", open=False), gr.Row():
-                for fname, hint, default in fields:
-                    if fname not in comps:
-                        comps[fname] = _component(fname, hint, default)
+            hints = {n: h for n, h, _ in fields}
+            defaults = {n: d for n, _, d in fields}
+
+            def make(fname: str, **kw: Any):
+                return _component(fname, hints[fname], defaults[fname], **kw)
+
+            comps.update(grouped_fields([("", BASIC)], hints, make, per_row=3, checkboxes_first=False))
+            with gr.Accordion("More options", open=False):
+                grouped = {n for _, group in MORE for n in group}
+                other = tuple(n for n in hints if n not in grouped and n not in comps)
+                comps.update(grouped_fields([*MORE, ("Other", other)], hints, make, per_row=3))
             run_btn = gr.Button("Preprocess", variant="primary", elem_id="pre_run")
             stop_btn = gr.Button("Stop", variant="stop", elem_id="pre_stop")
         with gr.Column(scale=3):

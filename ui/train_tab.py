@@ -20,23 +20,97 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ui.common import fail, fmt_seconds, short, user_errors
+from ui.common import FieldText, fail, field_text, fmt_seconds, grouped_fields, short, user_errors, widget_for_field
 from ui.state import AppContext
 
 log = logging.getLogger(__name__)
 
-# Up front; everything else goes in the "Advanced" accordion, in TrainConfig's order.
+# Up front; everything else goes in the "Advanced" accordion, grouped by topic (ADVANCED).
 BASIC = ("embedding", "dataset", "model", "template", "lr", "lr_kind", "max_steps", "batch_size",
          "preview_every", "save_every", "preview_prompts", "resolution")
 SPECIAL = ("embedding", "dataset", "model", "template", "lr", "lr_kind")  # built by hand below
-LABELS = {
-    "lr": "Learning rate (A1111 syntax: 0.005:100, 1e-3:1000, 1e-5)",
-    "max_steps": "Train until step",
-    "more_steps": "Or: train this many more steps (0 = use 'Train until step')",
-    "preview_every": "Preview every N steps (0 = off)",
-    "save_every": "Save snapshot every N steps (0 = only at the end)",
-    "preview_prompts": "Preview prompts (one per line; empty = from the template)",
-    "preview_seeds": "Preview seeds (comma separated)",
+# The Advanced accordion by topic. A TrainConfig field in no group lands in "Other", so a new
+# option still shows up the day it is added.
+ADVANCED: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Data", ("bucketing", "no_upscale", "shuffle_tags", "alpha_weight", "repeats", "flip_p", "latent_sampling",
+              "keep_tags", "tag_dropout", "bucket_step", "min_bucket", "max_bucket", "filename_regex",
+              "join_string")),
+    ("Optimizer & schedule", ("more_steps", "warmup_steps", "min_lr", "grad_accum", "optimizer", "weight_decay",
+                              "clip_mode", "clip_value", "seed")),
+    ("Text encoder & vectors", ("vector_shuffle", "shuffle_prob", "clip_skip")),
+    ("Precision & speed", ("gradient_checkpointing", "mixed_precision")),
+    ("Previews", ("preview_steps", "preview_cfg", "preview_scheduler", "preview_width", "preview_height",
+                  "preview_seeds", "preview_negative")),
+    ("Evaluation & health", ("tensorboard", "eval_every", "eval_images", "nan_patience", "not_learning_steps",
+                             "not_learning_threshold")),
+    ("Snapshots", ("save_png_embeddings", "snapshot_formats", "run_name")),
+)
+T = FieldText
+TEXTS: dict[str, FieldText] = {
+    # basic
+    "lr": T("Learning rate", "One rate, or rate:until-step pairs, e.g. 0.005:100, 1e-3:1000, 1e-5"),
+    "lr_kind": T("Schedule", "cosine / linear: decay to the lowest rate"),
+    "max_steps": T("Train until step"),
+    "batch_size": T("Batch size"),
+    "preview_every": T("Preview every N steps", "0 = no previews"),
+    "save_every": T("Save a snapshot every N steps", "0 = only at the end"),
+    "preview_prompts": T("Preview prompts", "One per line; empty = the template's first line"),
+    "resolution": T("Training resolution (px)"),
+    # data
+    "bucketing": T("Aspect-ratio buckets", "Train at each image's own shape, not a square crop"),
+    "no_upscale": T("Never upscale small images", "With buckets: small images keep their size"),
+    "shuffle_tags": T("Shuffle caption tags", "Comma-separated tags in a new order each step"),
+    "alpha_weight": T("Weight the loss by transparency", "Transparent pixels count less (PNG with alpha)"),
+    "repeats": T("Repeats per epoch", "Each image is used this many times per epoch"),
+    "flip_p": T("Mirror chance", "0 to 1: chance an image is used mirrored"),
+    "latent_sampling": T("Latent sampling", "once: one VAE sample per image; deterministic: the mean; "
+                                            "random: a new sample every step"),
+    "keep_tags": T("Keep first tags", "This many leading tags are never shuffled or dropped"),
+    "tag_dropout": T("Tag dropout", "0 to 1: chance each tag is left out"),
+    "bucket_step": T("Bucket step (px)", "Bucket sides are multiples of this"),
+    "min_bucket": T("Smallest bucket side (px)"),
+    "max_bucket": T("Largest bucket side (px)"),
+    "filename_regex": T("Caption from file name (regex)", "For images without a .txt: keep the matches"),
+    "join_string": T("Join matches with"),
+    # optimizer & schedule
+    "more_steps": T("Or: train N more steps", "0 = use 'Train until step'"),
+    "warmup_steps": T("Warm-up steps", "The rate rises from 0 over these steps"),
+    "min_lr": T("Lowest learning rate", "Where cosine / linear end"),
+    "grad_accum": T("Gradient accumulation", "Batches per update: effective batch = batch × this"),
+    "optimizer": T("Optimizer"),
+    "weight_decay": T("Weight decay", "Keep 0 for embeddings: decay pulls vectors to 0"),
+    "clip_mode": T("Gradient clipping", "value: each number; norm: the whole gradient's length"),
+    "clip_value": T("Clip at", "Same syntax as the learning rate, e.g. 0.1 or 0.5:200, 0.1"),
+    "seed": T("Seed"),
+    # text encoder & vectors
+    "vector_shuffle": T("Vector shuffle", "Train with the vectors in shuffled order so each one stands on "
+                                          "its own (multi-vector)"),
+    "shuffle_prob": T("Shuffle chance", "0 to 1: share of steps that shuffle"),
+    "clip_skip": T("CLIP skip", "1 = last text-encoder layer; 2 = the one before"),
+    # precision & speed
+    "gradient_checkpointing": T("Gradient checkpointing", "Less GPU memory, slower steps"),
+    "mixed_precision": T("Mixed precision", "auto: bf16/fp16 on a GPU, full precision on CPU"),
+    # previews
+    "preview_steps": T("Preview sampling steps"),
+    "preview_cfg": T("Preview CFG scale"),
+    "preview_scheduler": T("Preview sampler"),
+    "preview_width": T("Preview width (px)", "0 = training resolution"),
+    "preview_height": T("Preview height (px)", "0 = training resolution"),
+    "preview_seeds": T("Preview seeds", "Comma separated: one image per seed and prompt"),
+    "preview_negative": T("Preview negative prompt"),
+    # evaluation & health
+    "tensorboard": T("Write TensorBoard logs"),
+    "eval_every": T("Evaluation loss every N steps", "Fixed images and noise, comparable over time; 0 = off"),
+    "eval_images": T("Evaluation images"),
+    "nan_patience": T("Stop after N bad steps", "Steps in a row with a NaN/inf loss (each is skipped)"),
+    "not_learning_steps": T("'Not learning' check after", "Warn if the vectors have not moved by this step; "
+                                                          "0 = off"),
+    "not_learning_threshold": T("'Not learning' threshold", "Relative change |v - v0| / |v0| that counts as "
+                                                            "moved"),
+    # snapshots
+    "save_png_embeddings": T("Also save PNG embeddings", "A preview picture carrying the vectors"),
+    "snapshot_formats": T("Snapshot formats"),
+    "run_name": T("Run folder name", "Empty = <embedding>-<date-time>"),
 }
 POLL_SECONDS = 1.0
 CHART_SECONDS = 5.0  # loss/norm charts, previews and downloads refresh this often while running
@@ -63,28 +137,15 @@ def _fields() -> list[tuple[str, Any, Any]]:
     return out
 
 
-def _component(name: str, hint: Any, default: Any) -> gr.components.Component:
-    label = LABELS.get(name, name.replace("_", " ").capitalize())
-    eid = f"train_{name}"
+def _component(name: str, hint: Any, default: Any, **kwargs: Any) -> gr.components.Component:
+    text = field_text(name, TEXTS)
     choices = _choices()
     if name == "snapshot_formats":
         from training.config import SNAPSHOT_FORMATS
 
-        return gr.CheckboxGroup(list(SNAPSHOT_FORMATS), value=list(default), label=label, elem_id=eid)
-    if typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint)
-        if item is int:
-            return gr.Textbox(", ".join(str(v) for v in default), label=label, elem_id=eid)
-        return gr.Textbox("\n".join(default), lines=2, label=label, elem_id=eid)
-    if hint is bool:
-        return gr.Checkbox(default, label=label, elem_id=eid)
-    if hint is int:
-        return gr.Number(default, precision=0, label=label, elem_id=eid)
-    if hint is float:
-        return gr.Number(default, label=label, elem_id=eid)
-    if name in choices:
-        return gr.Dropdown(list(choices[name]), value=default, label=label, elem_id=eid)
-    return gr.Textbox(str(default), label=label, elem_id=eid)
+        choices = {name: SNAPSHOT_FORMATS}
+    return widget_for_field(name, hint, default, label=text.label, info=text.info, choices=choices.get(name),
+                            elem_id=f"train_{name}", **kwargs)
 
 
 def form_values_to_config(names: list[str], values: list[Any]):
@@ -424,19 +485,23 @@ def build(ctx: AppContext, demo=None):
                                             elem_id="train_template", allow_custom_value=True)
             template_md = gr.Markdown(elem_id="train_template_preview")
             with gr.Row():
-                comps["lr"] = gr.Textbox(_default(fields, "lr"), label=LABELS["lr"], elem_id="train_lr", scale=3)
+                comps["lr"] = _component("lr", str, _default(fields, "lr"), scale=3)
                 comps["lr_kind"] = _component("lr_kind", str, _default(fields, "lr_kind"))
             lr_msg = gr.Markdown(elem_id="train_lr_msg")
             lr_plot = gr.LinePlot(x="step", y="lr", title="Learning-rate schedule", height=180,
                                   elem_id="train_lr_plot")
-            with gr.Row():
-                for name in BASIC:
-                    if name not in SPECIAL:
-                        comps[name] = _component(name, *_hint_default(fields, name))
-            with gr.Accordion("Advanced", open=False, elem_id="train_advanced"), gr.Row(equal_height=False):
-                for name, hint, default in fields:
-                    if name not in comps:
-                        comps[name] = _component(name, hint, default)
+            hints = {n: h for n, h, _ in fields}
+            defaults = {n: d for n, _, d in fields}
+
+            def make(name: str, **kw: Any) -> gr.components.Component:
+                return _component(name, hints[name], defaults[name], **kw)
+
+            basic = [n for n in BASIC if n not in SPECIAL]
+            comps.update(grouped_fields([("", basic)], hints, make))
+            with gr.Accordion("Advanced", open=False, elem_id="train_advanced"):
+                grouped = {n for _, names in ADVANCED for n in names}
+                other = tuple(n for n in hints if n not in grouped and n not in comps)
+                comps.update(grouped_fields([*ADVANCED, ("Other", other)], hints, make))
             with gr.Row():
                 start_btn = gr.Button("Start", variant="primary", elem_id="train_start")
                 stop_btn = gr.Button("Interrupt", variant="stop", elem_id="train_interrupt")
