@@ -160,6 +160,9 @@ def train(
         model.unet.enable_gradient_checkpointing()
         for te in model.text_encoders:
             te.gradient_checkpointing_enable()
+            # transformers checkpoints a layer only in training mode; CLIP's dropout is 0 in SD
+            # configs, so train() changes nothing else (diffusers' TI script trains it this way too)
+            te.train()
     say(f"device {plan.label}; model {model.label}")
     flips = config.flip_p > 0
     t0 = time.time()
@@ -369,6 +372,7 @@ def train(
             model.unet.disable_gradient_checkpointing()
             for te in model.text_encoders:
                 te.gradient_checkpointing_disable()
+                te.eval()
         if writer is not None:
             writer.close()
 
