@@ -73,6 +73,7 @@ def test_create_library_export_generate(app, tmp_path):
     images, info = c.predict("tiny", "a photo of uicat", "", 3, 2, 5, 0, 0, 1, api_name="/generate")
     assert len(images) == 1 and "seed 3" in images[0]["caption"]
     assert "Embeddings used:** uicat" in info
+    assert "noise by design" in info  # the tiny model's images are noise, and the page says so
     with pytest.raises(Exception, match="prompt"):
         c.predict("tiny", "  ", "", 3, 2, 5, 0, 0, 1, api_name="/generate")
 
@@ -166,3 +167,23 @@ def test_preprocess_captions_train_interrupt_resume(app, tmp_path):
     assert resumed.title.startswith("resume")
     c.predict(api_name="/interrupt")
     assert resumed.wait(120).value == "interrupted"
+
+
+def test_failing_buttons_say_why_in_a_line(app):
+    """Start with no embedding picked, or a dataset that is not there, is refused in the page
+    (nothing queued to fail later); a bad schedule names the box by its label; Export with
+    nothing picked says to pick one."""
+    c = app.client()
+    c.predict("tiny", "fcat", "cat", 1, "text", "safetensors", False, api_name="/create_embedding")
+    before = len(app.ctx.registry.jobs("train"))
+    with pytest.raises(Exception, match="Pick the embedding to train") as e:
+        c.predict(*_train_args(dataset="pset", max_steps=5), api_name="/start_training")
+    assert "Traceback" not in str(e.value)
+    with pytest.raises(Exception, match="dataset 'no-such-set': no such folder"):
+        c.predict(*_train_args(embedding="fcat", dataset="no-such-set", max_steps=5), api_name="/start_training")
+    with pytest.raises(Exception, match=r"Learning rate \(lr\): .*'abc'"):
+        c.predict(*_train_args(embedding="fcat", dataset="no-such-set", lr="0.01:abc", max_steps=5),
+                  api_name="/start_training")
+    assert len(app.ctx.registry.jobs("train")) == before  # nothing was queued
+    with pytest.raises(Exception, match="Pick an embedding first"):
+        c.predict(None, "pt", api_name="/export")

@@ -18,6 +18,10 @@ from ui.create_tab import model_dropdown, refresh_models
 from ui.state import AppContext
 
 MAX_IMAGES = 4
+# Said next to every image of the built-in model: people otherwise take its noise for a broken
+# embedding or a broken install.
+NOISE_NOTE = ("the built-in tiny model has random weights, so its images are noise by design. It is for trying "
+              "the workflow; pick a real Stable Diffusion model to see what an embedding does.")
 
 
 @dataclass
@@ -47,6 +51,8 @@ def generate_images(ctx: AppContext, model_spec: str, prompt: str, negative: str
     if negative:
         info.append(f"**Negative:** {negative}")
     info.append("**Embeddings used:** " + (", ".join(used) if used else "none (no library name found in the prompt)"))
+    if getattr(model, "random_weights", False):
+        info.append(f"**Note:** {NOISE_NOTE}")
     if skipped:
         info.append("**Not usable with this model:** " + "; ".join(f"{n} ({why})" for n, why in skipped[:10]))
     return GenerateResult(images, "\n\n".join(info))
@@ -61,7 +67,8 @@ def _size(model: Any, value: float) -> int | None:
 
 
 def build(ctx: AppContext) -> Refresh:
-    gr.Markdown("Try embeddings: type their names in the prompt. Images use the selected base model.")
+    gr.Markdown("Try embeddings: type their names in the prompt. Images use the selected base model. "
+                "The built-in **tiny** model has random weights: its images are noise, whatever the prompt.")
     with gr.Row():
         with gr.Column(scale=2):
             model = model_dropdown(ctx, "Base model", "gen_model")

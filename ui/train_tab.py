@@ -400,9 +400,35 @@ def progress_html(fraction: float) -> str:
 
 
 # --- actions -----------------------------------------------------------------------------------------------
+def in_words(message: str) -> str:
+    """'clip_value: bad piece' -> 'Clip at (clip_value): bad piece': the page shows labels, not
+    field names, so an error names the box the person can see (the field name stays, for the CLI)."""
+    name, sep, rest = str(message).partition(":")
+    if sep and name in TEXTS:
+        return f"{TEXTS[name].label} ({name}):{rest}"
+    return str(message)
+
+
+def check_inputs(ctx: AppContext, config) -> None:
+    """Say now, in the page, what the job would only find out in the queue: no embedding or dataset
+    picked, or one that does not exist (the trainer's own resolvers decide, so the rules match)."""
+    from training.trainer import TrainingError, resolve_dataset, resolve_embedding
+
+    if not config.embedding.strip():
+        raise fail("Pick the embedding to train (or create one in the Create tab)")
+    if not config.dataset.strip():
+        raise fail("Pick a dataset (make one in the Preprocess tab)")
+    try:
+        resolve_embedding(config.embedding, ctx.data)
+        resolve_dataset(config.dataset, ctx.data)
+    except TrainingError as e:
+        raise fail(str(e)) from e
+
+
 def start(ctx: AppContext, config) -> str:
     from training.service import start_training
 
+    check_inputs(ctx, config)
     ahead = len(ctx.registry.active())
     job = start_training(ctx.registry, config, ctx.data)
     if ahead:
@@ -554,7 +580,10 @@ def build(ctx: AppContext, demo=None):
 
     @user_errors("Start")
     def start_fn(*values):
-        config = form_values_to_config(names, list(values))
+        try:
+            config = form_values_to_config(names, list(values))
+        except ValueError as e:
+            raise ValueError(in_words(str(e))) from None
         return start(ctx, config)
 
     start_btn.click(start_fn, form, action_md, api_name="start_training", concurrency_id="train_ctl",
