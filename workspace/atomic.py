@@ -1,36 +1,120 @@
-"""Atomic writes: a kill at any moment leaves either the old file or the new one, never half."""
+"""Atomic writes: a kill at any moment leaves either the old file or the new one, never half.
+
+This is the one home for safe writes. A write that fails with an OSError (a full disk, a file
+size limit, a quota, a read-only or forbidden folder) removes its temp file, leaves the target
+untouched, and raises `SaveError`: an OSError that keeps the errno and whose message names the
+target file and says the plain reason ("disk full" for ENOSPC/EFBIG/EDQUOT). Callers decide what
+a failed save means for them (a warning during training, the end of a preprocess job) without
+parsing library error strings.
+
+Writers must let the OSError through. `torch.save` to a path or file object does not (it raises
+a RuntimeError without an errno), so torch payloads are serialized to bytes first and written
+with `atomic_write_bytes`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno as _errno
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+DISK_FULL_ERRNOS = frozenset(
+    e for e in (_errno.ENOSPC, _errno.EFBIG, getattr(_errno, "EDQUOT", None)) if e is not None
+)
+
+_REASONS = {
+    _errno.ENOSPC: "disk full (no space left on device)",
+    _errno.EFBIG: "disk full (file too large: the file system or a size limit refused it)",
+    _errno.EROFS: "the folder is on a read-only file system",
+    _errno.EACCES: "permission denied (the folder is not writable)",
+    _errno.EPERM: "operation not permitted",
+}
+if hasattr(_errno, "EDQUOT"):
+    _REASONS[_errno.EDQUOT] = "disk full (disk quota exceeded)"
+
+
+class SaveError(OSError):
+    """A file could not be saved. The target was left as it was; no temp file remains.
+
+    Built like an OSError (`SaveError(errno, reason, target)`, so it pickles); `str()` is one
+    line naming the file and the reason. `disk_full` tells callers whether retrying later (after
+    freeing space) is the fix, as opposed to a permission problem.
+    """
+
+    @property
+    def target(self) -> Path:
+        return Path(self.filename)
+
+    @property
+    def reason(self) -> str:
+        return str(self.strerror)
+
+    @property
+    def disk_full(self) -> bool:
+        return self.errno in DISK_FULL_ERRNOS
+
+    def __str__(self) -> str:
+        return f"cannot save {self.filename}: {self.strerror}"
+
+    @classmethod
+    def from_os_error(cls, target: str | Path, error: OSError, tmp: str | Path | None = None) -> SaveError:
+        """Wrap `error` (raised while writing `target` via `tmp`); a SaveError passes through.
+
+        When the error is about another file (a writer that copies from a source that vanished),
+        that file is named too, so the message does not blame the target for it.
+        """
+        if isinstance(error, SaveError):
+            return error
+        reason = plain_reason(error)
+        other = error.filename
+        if other is not None and str(other) not in (str(target), str(tmp)):
+            reason = f"{reason}: {other}"
+        return cls(error.errno, reason, str(target))
+
+
+def plain_reason(error: OSError) -> str:
+    """The reason a person can act on: "disk full (...)" for ENOSPC/EFBIG/EDQUOT, and so on."""
+    if error.errno in _REASONS:
+        return _REASONS[error.errno]
+    return error.strerror or str(error) or error.__class__.__name__
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True for an OSError (SaveError included) that means the disk or a size limit is full."""
+    return isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temp path in the target's folder; on success fsync it and rename it over target.
 
-    Writers that only accept a path (torch.save, safetensors, PIL) write to the yielded path.
-    On any exception the temp file is removed and the target is untouched.
+    Writers that only accept a path (safetensors, PIL) write to the yielded path.
+    On any exception the temp file is removed and the target is untouched; an OSError comes out
+    as `SaveError` naming `target` (other exceptions pass through as they are).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; saved files get ordinary permissions
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise SaveError.from_os_error(target, e) from e
     tmp_path = Path(tmp)
     try:
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; saved files get ordinary permissions
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
+    except OSError as e:
+        _remove(tmp_path)
+        raise SaveError.from_os_error(target, e, tmp_path) from e
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+        _remove(tmp_path)
         raise
 
 
@@ -49,6 +133,11 @@ def atomic_write_with(target: str | Path, writer: Callable[[Path], object]) -> P
     with atomic_path(target) as tmp:
         writer(tmp)
     return Path(target)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def _umask() -> int:

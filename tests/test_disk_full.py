@@ -1,0 +1,101 @@
+"""A full disk never loses or corrupts saved work.
+
+Real write failures, no mocks: the code runs in a subprocess whose file-size limit
+(RLIMIT_FSIZE, with SIGXFSZ ignored) makes any write past the limit fail with EFBIG, exactly as a
+full disk fails with ENOSPC. The tiny model is built in the shared cache before the limited
+process starts (its files are far larger than the limit).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Run as `python -c LIMITED <limit> <script> args...`: the limit is set in the child itself, so
+# nothing but the code under test runs under it.
+LIMITED = textwrap.dedent("""
+    import resource, runpy, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limit = int(sys.argv[1])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    sys.argv = sys.argv[2:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")  # cwd is the repository root, which `-c` puts first on sys.path
+
+
+def run_limited(limit: int, script: str | Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, "-c", LIMITED, str(limit), str(script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def snapshot_files(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def tmp_leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*.tmp")]
+
+
+# ---- workspace.atomic ------------------------------------------------------------------------------
+ATOMIC_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from PIL import Image
+    from workspace.atomic import SaveError, atomic_write_bytes, atomic_write_text, atomic_write_with
+
+    folder = Path(sys.argv[1])
+    out = {}
+    def attempt(key, fn):
+        try:
+            fn()
+            out[key] = None
+        except SaveError as e:
+            out[key] = {"type": "SaveError", "errno": e.errno, "text": str(e), "target": str(e.target),
+                        "disk_full": e.disk_full}
+        except Exception as e:
+            out[key] = {"type": type(e).__name__, "text": str(e)}
+    attempt("bytes", lambda: atomic_write_bytes(folder / "big.bin", b"x" * 50_000))
+    attempt("text", lambda: atomic_write_text(folder / "old.txt", "y" * 50_000))
+    noise = Image.effect_noise((256, 256), 100).convert("RGB")
+    attempt("pil", lambda: atomic_write_with(folder / "image.png", lambda t: noise.save(t, format="PNG")))
+    attempt("small", lambda: atomic_write_text(folder / "small.txt", "fits"))
+    print(json.dumps(out))
+""")
+
+
+def test_atomic_write_past_the_size_limit_leaves_the_target_and_no_temp(tmp_path):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "old.txt").write_text("the old content")
+    (folder / "image.png").write_bytes(b"an old image")
+    script = tmp_path / "atomic_script.py"
+    script.write_text(ATOMIC_SCRIPT)
+    before = snapshot_files(folder)
+
+    proc = run_limited(20_000, script, str(folder))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    for key, target in (("bytes", "big.bin"), ("text", "old.txt"), ("pil", "image.png")):
+        err = out[key]
+        assert err is not None and err["type"] == "SaveError", (key, err)
+        assert err["errno"] == errno.EFBIG and err["disk_full"]
+        assert err["target"] == str(folder / target)
+        assert str(folder / target) in err["text"] and "disk full" in err["text"]
+    assert out["small"] is None
+    # the targets that existed are byte-identical, the new big one does not exist, no temp file remains
+    after = snapshot_files(folder)
+    assert {p: b for p, b in after.items() if p in before} == before
+    assert not (folder / "big.bin").exists()
+    assert (folder / "small.txt").read_text() == "fits"
+    assert set(after) == set(before) | {folder / "small.txt"}
+    assert not tmp_leftovers(folder) and not [p for p in folder.iterdir() if p.name.startswith(".")]
