@@ -7,11 +7,22 @@ The floor is what any TI trainer must compute per step: one text-encoder forward
 batch. The ratio (our step time / floor) says how much our loop adds (prompt building, the
 splice hook, logging, health checks). Weights are random: speed does not depend on them.
 Defaults: 512 px on a GPU, 128 px on a CPU. A script that prints a table, never a test.
+
+Memory: each measurement (ours, floor) runs in a fresh subprocess so one cannot inherit the
+other's peak. On CUDA the MiB columns are torch.cuda.max_memory_allocated during the measurement.
+On CPU they are the process's peak resident set size during the measurement minus its RSS just
+before it (the model loaded and in place): what training adds on top of holding the model. The
+peak is reset first through /proc/self/clear_refs; where that is refused, ru_maxrss (peak since
+the process started, model loading included) is used and the header says so. "RSS MiB" is the
+whole process's peak, model and Python included.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -118,42 +129,102 @@ def trainer_step_time(model, data, plan, resolution: int, batch: int, steps: int
     return gaps[len(gaps) // 2]
 
 
-def main() -> None:
+def _status_kib(field: str) -> int | None:
+    """A `Vm...` line of /proc/self/status in KiB (Linux), or None elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) so the peak covers only what follows."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_kib() -> int:
+    hwm = _status_kib("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def worker(which: str, what: str, args) -> dict:
+    """One measurement in this (fresh) process; returns seconds per step and memory."""
     from models.load import load_base_model
     from training.device import choose_device
     from workspace.datadir import DataDir
 
+    plan = choose_device(args.precision)
+    data = DataDir.at(args.data_dir).ensure()
+    model = load_base_model("tiny", data) if which == "tiny" else sd15_model(data)
+    res = args.resolution or (64 if which == "tiny" else (512 if plan.device.type == "cuda" else 128))
+    for m in (*model.text_encoders, model.unet):
+        m.to(device=plan.device, dtype=plan.weight_dtype)
+    cuda = plan.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    loaded_kib = _status_kib("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reset = _reset_peak_rss()
+    if what == "ours":
+        step_s = trainer_step_time(model, data, plan, res, args.batch, args.steps)
+    else:
+        step_s = floor_step_time(model, plan, res, args.batch, args.steps)
+    peak_kib = _peak_rss_kib()
+    mem = torch.cuda.max_memory_allocated() / 2**20 if cuda else max(0, peak_kib - loaded_kib) / 1024
+    return {"res": res, "device": plan.label, "step_s": step_s, "mem_mib": mem, "rss_mib": peak_kib / 1024,
+            "mem_kind": "cuda" if cuda else ("rss-added" if reset else "ru_maxrss-added")}
+
+
+def measure(which: str, what: str, args, data_dir: str) -> dict:
+    """Run `worker` in a fresh Python process and read its JSON line."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", which, what, "--data-dir", data_dir,
+           "--steps", str(args.steps), "--resolution", str(args.resolution), "--batch", str(args.batch),
+           "--precision", args.precision]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{which}/{what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--resolution", type=int, default=0)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--only", choices=["tiny", "sd15"], default=None)
+    ap.add_argument("--worker", nargs=2, metavar=("MODEL", "WHAT"), help=argparse.SUPPRESS)
+    ap.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    plan = choose_device(args.precision)
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args)))
+        return
+    data_dir = tempfile.mkdtemp(prefix="bench-train-")  # shared by the workers: tiny is built once
     rows = []
     for which in ("tiny", "sd15"):
         if args.only and which != args.only:
             continue
-        data = DataDir.at(tempfile.mkdtemp()).ensure()
-        model = load_base_model("tiny", data) if which == "tiny" else sd15_model(data)
-        res = args.resolution or (64 if which == "tiny" else (512 if plan.device.type == "cuda" else 128))
-        for m in (*model.text_encoders, model.unet):
-            m.to(device=plan.device, dtype=plan.weight_dtype)
-        if plan.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        floor = floor_step_time(model, plan, res, args.batch, args.steps)
-        floor_mem = torch.cuda.max_memory_allocated() / 2**20 if plan.device.type == "cuda" else float("nan")
-        if plan.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        ours = trainer_step_time(model, data, plan, res, args.batch, args.steps)
-        ours_mem = torch.cuda.max_memory_allocated() / 2**20 if plan.device.type == "cuda" else float("nan")
-        rows.append((which, res, args.batch, plan.label, 1 / ours, ours_mem, 1 / floor, floor_mem, ours / floor))
-        del model
-    print(f"{'model':6} {'res':>5} {'batch':>5} {'device':22} {'ours it/s':>10} {'ours MiB':>9} "
-          f"{'floor it/s':>10} {'floor MiB':>9} {'ratio':>6}")
-    for r in rows:
-        print(f"{r[0]:6} {r[1]:5d} {r[2]:5d} {r[3]:22} {r[4]:10.2f} {r[5]:9.0f} {r[6]:10.2f} {r[7]:9.0f} {r[8]:6.2f}")
+        floor = measure(which, "floor", args, data_dir)
+        ours = measure(which, "ours", args, data_dir)
+        rows.append((which, ours, floor))
+    kinds = {r[1]["mem_kind"] for r in rows} | {r[2]["mem_kind"] for r in rows}
+    meaning = {"cuda": "torch.cuda.max_memory_allocated",
+               "rss-added": "peak RSS during the run minus RSS with the model loaded",
+               "ru_maxrss-added": "ru_maxrss (since process start) minus RSS with the model loaded"}
+    print("MiB: " + "; ".join(meaning[k] for k in sorted(kinds)) + ". RSS MiB: the process's peak RSS.")
+    print(f"{'model':6} {'res':>5} {'batch':>5} {'device':22} {'ours it/s':>10} {'ours MiB':>9} {'ours RSS':>9} "
+          f"{'floor it/s':>10} {'floor MiB':>9} {'floor RSS':>9} {'ratio':>6}")
+    for which, o, f in rows:
+        print(f"{which:6} {o['res']:5d} {args.batch:5d} {o['device']:22} {1 / o['step_s']:10.2f} "
+              f"{o['mem_mib']:9.0f} {o['rss_mib']:9.0f} {1 / f['step_s']:10.2f} {f['mem_mib']:9.0f} "
+              f"{f['rss_mib']:9.0f} {o['step_s'] / f['step_s']:6.2f}")
 
 
 if __name__ == "__main__":
