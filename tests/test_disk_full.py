@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ["train_fixtures"]
 
 # Run as `python -c LIMITED <limit> <script> args...`: the limit is set in the child itself, so
 # nothing but the code under test runs under it.
@@ -99,3 +100,68 @@ def test_atomic_write_past_the_size_limit_leaves_the_target_and_no_temp(tmp_path
     assert (folder / "small.txt").read_text() == "fits"
     assert set(after) == set(before) | {folder / "small.txt"}
     assert not tmp_leftovers(folder) and not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+# ---- training -----------------------------------------------------------------------------------
+def test_training_with_a_full_disk_warns_keeps_the_last_good_files_and_fails_only_the_final_save(
+        tiny_model, data, solid_dataset):
+    """Snapshots in PNG (~23 kB) and the resume bundle (~29 kB) do not fit under a 15 kB limit,
+    safetensors snapshots (~2 kB) do: the run warns and goes on; the final PNG fails the job."""
+    from PIL import Image
+    from train_fixtures import make_embedding, tiny_config
+
+    from embeddings.formats import load_embedding
+    from jobs.registry import Job
+    from training.checkpoint import load_bundle
+    from training.run_folder import RunFolder
+    from training.trainer import train
+
+    make_embedding(tiny_model, data)
+    config = tiny_config(data, solid_dataset, max_steps=2, save_every=1, run_name="full",
+                         snapshot_formats=["safetensors", "png"])
+    train(config, tiny_model, data, Job(id="a", kind="train", title="a"))  # room enough: step 2 saved
+    run = RunFolder(data.runs / "full")
+    library = data.embeddings / "flatcol.safetensors"
+    logs = {run.settings_path, run.loss_csv, run.events_path}  # rewritten / appended by the resume
+    before = {p: b for p, b in snapshot_files(data.root).items() if p not in logs}
+    loss_before = run.loss_csv.read_bytes()
+    assert run.bundle_path in before and library in before and (run.final / "flatcol.png") in before
+
+    proc = run_limited(15_000, ROOT / "app.py", "--data-dir", str(data.root), "train", "--no-bar",
+                       "--resume", str(run.path), "--steps", "5",
+                       "--set", 'snapshot_formats=["png", "safetensors"]')
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    lines = out.splitlines()
+    for step in (3, 4, 5):  # each save: the PNG snapshot and the bundle are warnings naming the file
+        png = run.image_embeddings / f"flatcol-{step:06d}.png"
+        assert any(ln.startswith("warning: ") and str(png) in ln and "disk full" in ln for ln in lines), out
+    bundle_warnings = [ln for ln in lines if ln.startswith("warning: ") and str(run.bundle_path) in ln]
+    assert len(bundle_warnings) == 3 and all("disk full" in ln for ln in bundle_warnings), out
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and str(run.final / "flatcol.png") in errors[0] and "disk full" in errors[0], out
+    assert "embeddings folder was not changed" in errors[0]
+
+    # everything saved before is byte-identical (library embedding, bundle, snapshots, final files)
+    after = snapshot_files(data.root)
+    assert {p: after.get(p) for p in before} == before
+    assert run.loss_csv.read_bytes().startswith(loss_before)
+    assert [r["step"] for r in run.read_loss()] == [1, 2, 3, 4, 5]
+    # what the limited run did write is whole: the safetensors snapshots, at their steps
+    for step in (3, 4, 5):
+        snap = load_embedding(run.snapshots / f"flatcol-{step:06d}.safetensors")
+        assert snap.step == step and snap.is_finite()
+        assert not (run.image_embeddings / f"flatcol-{step:06d}.png").exists()
+    assert not tmp_leftovers(data.root)
+    # every file present loads
+    assert load_bundle(run.bundle_path).step == 2
+    for p in [*run.snapshot_files(), *run.final.iterdir(), library]:
+        assert load_embedding(p).is_finite(), p
+    for p in run.image_embeddings.glob("*.png"):
+        with Image.open(p) as im:
+            im.verify()
+    # and the last good bundle resumes
+    rest = train(tiny_config(data, solid_dataset, max_steps=3, save_every=1, run_name="full"), tiny_model, data,
+                 Job(id="b", kind="train", title="b"), run=run, resume=True)
+    assert rest["step"] == 3 and not rest["fresh_optimizer"]
+    assert load_embedding(library).step == 3

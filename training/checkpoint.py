@@ -10,6 +10,7 @@ runs), and it is written atomically: a kill leaves the previous bundle.
 
 from __future__ import annotations
 
+import io
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from workspace.atomic import atomic_write_with
+from workspace.atomic import atomic_write_bytes
 
 BUNDLE_VERSION = 1
 
@@ -93,7 +94,11 @@ def save_bundle(path: Path, state: TrainState) -> Path:
     for key, v in payload["vectors"].items():
         if not torch.isfinite(v).all():  # the loop never gets here with bad vectors; belt and braces
             raise CheckpointError(f"{Path(path).name}: refusing to save non-finite vectors ({key})")
-    return atomic_write_with(path, lambda tmp: torch.save(payload, tmp))
+    # To bytes first: torch.save to a file turns a full disk into a RuntimeError without errno;
+    # atomic_write_bytes turns it into a SaveError naming the file.
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def load_bundle(path: Path) -> TrainState:

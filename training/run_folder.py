@@ -15,12 +15,14 @@ data/runs/<run_name or <embedding>-YYYYmmdd-HHMMSS>/
   tensorboard/         scalars (when tensorboard is on)
 ```
 
-Every file is written atomically except the two append-only logs (loss.csv, events.jsonl),
-whose readers skip a torn last line: a kill -9 at any moment leaves every file loadable.
+Every file is written atomically except the append-only logs (loss.csv, eval.csv, events.jsonl),
+whose readers skip a torn last line: a kill -9 at any moment leaves every file loadable. A row
+that a full disk refuses is cut back off the CSV logs (whole rows only) and raises SaveError.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workspace.atomic import atomic_write_text
+from workspace.atomic import SaveError, atomic_write_text
 
 SETTINGS = "settings.json"
 LOSS_CSV = "loss.csv"
@@ -210,15 +212,30 @@ def read_csv_rows(path: Path) -> list[dict[str, float]]:
 
 def _append_csv_row(path: Path, row: dict[str, Any]) -> None:
     """One `write` per row on an O_APPEND descriptor: a kill leaves at worst one torn last line,
-    which the reader skips. The header is written with the first row."""
+    which the reader skips. The header is written with the first row.
+
+    A write that fails or stops short (a full disk) is cut back to the file's old size, so the
+    log keeps whole rows only, and raises `SaveError` naming the file."""
     line = ",".join(_fmt(v) for v in row.values()) + "\n"
     if not path.exists() or path.stat().st_size == 0:
         line = ",".join(row.keys()) + "\n" + line
     elif not _ends_cleanly(path):
         line = "\n" + line  # finish a torn line from a killed run so the new row stays whole
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    data = line.encode("utf-8")
     try:
-        os.write(fd, line.encode("utf-8"))
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise SaveError.from_os_error(path, e) from e
+    try:
+        size = os.fstat(fd).st_size
+        written = 0
+        try:
+            while written < len(data):  # a short write near the limit; the next one says why
+                written += os.write(fd, data[written:])
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise SaveError.from_os_error(path, e) from e
     finally:
         os.close(fd)
 

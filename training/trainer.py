@@ -17,8 +17,13 @@ eval       step, loss (the deterministic evaluation loss, training.evaluate)
 preview    step, path, prompt, seed
 files      step, paths [str], what ("snapshot", "bundle", "final")
 message    text
-warning    text (skipped non-finite step, not learning, skipped images, ...)
+warning    text (skipped non-finite step, not learning, skipped images, a file not saved, ...)
 =========  ==================================================================================
+
+A full disk: a snapshot, resume bundle, preview or log row that cannot be written is a warning
+naming the file, and training goes on (every write is atomic, so the last good snapshot and bundle
+stay as they were, resumable). Only the final save is fatal: if a file in final/ cannot be
+written, the job fails naming it and the embeddings folder is left unchanged.
 
 The job's result (also the return value) is a dict: run_dir, embedding (the final file in the
 embeddings folder), files {format: path} in the run's final/ folder, step, steps_done, stopped
@@ -32,6 +37,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +54,7 @@ from training.distributed import DistContext
 from training.latents import LatentCache
 from training.loss import denoise_loss
 from training.run_folder import RunFolder
+from workspace.atomic import SaveError, atomic_write_with
 from workspace.datadir import DataDir
 
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin", ".png", ".webp")
@@ -214,7 +221,7 @@ def train(
         run.write_settings(config.to_dict())
         if source is not None and source.is_file() and not run.original.exists():
             run.original.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, run.original / source.name)
+            atomic_write_with(run.original / source.name, lambda tmp: shutil.copy2(source, tmp))
     writer = _tensorboard(run) if (config.tensorboard and main) else None
     evaluator = _build_evaluator(config, model, encoder, noise_scheduler, cache, records, lines, emb.name, opts,
                                  plan) if (config.eval_every and main) else None
@@ -226,8 +233,13 @@ def train(
         return Embedding(name or emb.name, {k: v.detach().cpu() for k, v in vectors.items()}, step, meta)
 
     def save_state(step: int) -> list[str]:
-        """A snapshot in each format + the resume bundle: what an interrupt or save_every leaves."""
-        saved = save_snapshot(live_embedding(step), run, config.snapshot_formats, step, model.tokenizers[0])
+        """A snapshot in each format + the resume bundle: what an interrupt or save_every leaves.
+
+        A file that cannot be written (disk full) is a warning and the others are still tried:
+        losing one snapshot must not end an hour of training, and the previous files stay intact."""
+        failed: list[OSError] = []
+        saved = save_snapshot(live_embedding(step), run, config.snapshot_formats, step, model.tokenizers[0],
+                              on_error=failed.append)
         bundle = TrainState(
             step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, vectors=vectors, init_vectors=init_vectors,
             optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler else None,
@@ -235,9 +247,28 @@ def train(
             embedding_metadata=emb.metadata, source_path=str(source or ""),
             not_learning_warned=not_learning_warned, smoothed_loss=smoothed,
         )
-        saved.append(str(save_bundle(run.bundle_path, bundle)))
-        job.emit("files", step=step, paths=saved, what="snapshot")
+        try:
+            saved.append(str(save_bundle(run.bundle_path, bundle)))
+        except OSError as e:
+            failed.append(SaveError.from_os_error(run.bundle_path, e))
+        for e in failed:
+            warn(f"step {step}: {e}; training goes on, earlier snapshots and the last resume bundle are kept")
+        if saved:
+            job.emit("files", step=step, paths=saved, what="snapshot")
         return saved
+
+    unwritable_logs: set[Path] = set()
+
+    def append_log(path: Path, append: Callable[..., None], *args: Any) -> None:
+        """A log row that cannot be written is one warning (not one per step) until it works again."""
+        try:
+            append(*args)
+            unwritable_logs.discard(path)
+        except OSError as e:
+            if path not in unwritable_logs:
+                warn(f"step {step}: {SaveError.from_os_error(path, e)}; training goes on, rows are missing "
+                     f"from {path.name} until it can be written again")
+            unwritable_logs.add(path)
 
     def micro_batches():
         """(epoch, position after, record indices) forever, starting where the run left off."""
@@ -336,7 +367,7 @@ def train(
             row: dict[str, Any] = {"step": step, "epoch": epoch, "loss": loss_value, "lr": lr}
             for k, ns in norms.items():
                 row.update({f"norm_{k}_{i}": n for i, n in enumerate(ns)})
-            run.append_loss(row)
+            append_log(run.loss_csv, run.append_loss, row)
             elapsed = time.time() - t_start
             it_s = steps_timed / elapsed if elapsed > 0 else 0.0
             job.emit("loss", step=step, loss=loss_value, lr=lr, smoothed=smoothed, epoch=epoch)
@@ -356,7 +387,7 @@ def train(
                          f"(relative); raise the learning rate or check that prompts contain {emb.name!r}")
             if evaluator is not None and step % config.eval_every == 0:
                 ev = evaluator.loss(vectors)
-                run.append_eval(step, ev)
+                append_log(run.eval_csv, run.append_eval, step, ev)
                 job.emit("eval", step=step, loss=ev)
                 if writer is not None:
                     writer.add_scalar("loss/eval", ev, step)
@@ -382,16 +413,24 @@ def train(
     result = TrainResult(str(run.path), step, step - start, stopped, fresh_optimizer=fresh_optimizer)
     if not main:
         return result.to_dict()
-    save_state(step)
+    end_saved = save_state(step)
     final = live_embedding(step)
     if config.preview_every and step % config.preview_every != 0:
         _write_previews(job, model, final, previews, run, plan, step, config)
     if config.eval_every and evaluator is not None and step % config.eval_every != 0:
         ev = evaluator.loss(vectors)
-        run.append_eval(step, ev)
+        append_log(run.eval_csv, run.append_eval, step, ev)
         job.emit("eval", step=step, loss=ev)
-    result.files = save_final(final, run, config.snapshot_formats)
-    result.embedding = str(save_to_library(final, source, data_dir))
+    try:
+        result.files = save_final(final, run, config.snapshot_formats)
+        result.embedding = str(save_to_library(final, source, data_dir))
+    except OSError as e:
+        kept = [p for p in end_saved if p != str(run.bundle_path)]
+        raise TrainingError(
+            f"the final save failed: {e}. The embeddings folder was not changed"
+            + (f"; the trained vectors (step {step}) are in {', '.join(kept)}" if kept else "")
+            + f"; earlier files in {run.path} are intact. Free some space and copy a snapshot, or train again."
+        ) from e
     job.emit("files", step=step, paths=[*result.files.values(), result.embedding], what="final")
     say(f"training {stopped} at step {step}; embedding saved to {result.embedding}")
     return result.to_dict()
@@ -507,10 +546,14 @@ def snapshot_name(name: str, step: int) -> str:
     return f"{name}-{step:0{SNAPSHOT_DIGITS}d}"
 
 
-def save_snapshot(emb: Embedding, run: RunFolder, formats: list[str], step: int, tokenizer) -> list[str]:
+def save_snapshot(emb: Embedding, run: RunFolder, formats: list[str], step: int, tokenizer,
+                  on_error: Callable[[OSError], object] | None = None) -> list[str]:
     """`snapshots/<name>-<step>.<fmt>`; the embedding inside is named like the file, so it loads
     as its own embedding beside the final one. Names are zero-padded to one length, so no two
-    snapshot names of a run shadow each other in a prompt (checked)."""
+    snapshot names of a run shadow each other in a prompt (checked).
+
+    `on_error`: given a file that cannot be written (a `SaveError` naming it), the other formats
+    are still saved and the error is passed to it; without it the error is raised."""
     from embeddings.formats import save_embedding
 
     snap_name = snapshot_name(emb.name, step)
@@ -522,7 +565,12 @@ def save_snapshot(emb: Embedding, run: RunFolder, formats: list[str], step: int,
     saved = []
     for fmt in formats:
         target = run.image_embeddings / f"{snap_name}.png" if fmt == "png" else run.snapshots / f"{snap_name}.{fmt}"
-        saved.append(str(save_embedding(snap, target, fmt=fmt)))
+        try:
+            saved.append(str(save_embedding(snap, target, fmt=fmt)))
+        except OSError as e:
+            if on_error is None:
+                raise
+            on_error(SaveError.from_os_error(target, e))
     return saved
 
 
