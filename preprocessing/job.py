@@ -9,6 +9,12 @@ Rules it keeps:
 - Re-running into the same destination is safe: `skip` leaves sources whose outputs exist,
   `overwrite` replaces them (atomically), `new_folder` writes to `<dst>-2`, `<dst>-3`, ...
 - A stop request finishes the batch in hand, then returns what was done (state: interrupted).
+- A full disk stops the job at the first output that cannot be written (no point going on): the
+  job fails with one message naming that file, and its result lists what was written before.
+- Every output is whole: images and captions are written atomically, the caption before its
+  image and a flipped copy before the crop it mirrors, and a source whose outputs could not all
+  be written has the ones just written removed. So an image present means its outputs are
+  complete, which is what `skip` checks after a kill or a full disk.
 """
 
 from __future__ import annotations
@@ -23,11 +29,17 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from preprocessing.captioners import Captioner, NullCaptioner, load_blip
-from preprocessing.captions import caption_to_filename, compose_caption, read_caption, write_caption
+from preprocessing.captions import (
+    caption_path,
+    caption_to_filename,
+    compose_caption,
+    read_caption,
+    write_caption,
+)
 from preprocessing.geometry import apply_plan, focal_box, mirror, plan_crops
 from preprocessing.images import ImageReadError, is_image_name, open_image
 from preprocessing.options import PreprocessOptions
-from workspace.atomic import atomic_write_with
+from workspace.atomic import atomic_write_with, is_disk_full
 
 if TYPE_CHECKING:
     from jobs.registry import Job
@@ -39,6 +51,11 @@ _SAVE_FORMATS = {"png": ("PNG", {}), "jpg": ("JPEG", {"quality": 95}), "webp": (
 
 class PreprocessError(ValueError):
     """The job as a whole cannot start (bad folders or options). One line, says what to do."""
+
+
+class PreprocessStopped(RuntimeError):
+    """The job stopped part way (a full disk). The message names the file; the job's result
+    (set before this is raised) lists what was written."""
 
 
 @dataclass
@@ -53,6 +70,8 @@ class PreprocessResult:
     already_done: list[str] = field(default_factory=list)  # sources left alone (on_existing=skip)
     captions_written: int = 0
     interrupted: bool = False
+    error: str = ""  # why the job stopped before the end (a full disk); "" when it did not
+
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -95,7 +114,11 @@ def preprocess_job(src: str | Path, dst: str | Path | None, options: PreprocessO
     check_folders(src, dst, options)
 
     def fn(job: Job) -> dict:
-        return run_preprocess(src, dst, options, job=job, captioner=captioner).to_dict()
+        result = run_preprocess(src, dst, options, job=job, captioner=captioner)
+        if result.error:
+            job.result = result.to_dict()  # the job fails, and still says what was written
+            raise PreprocessStopped(result.error)
+        return result.to_dict()
 
     return fn
 
@@ -154,9 +177,12 @@ def run_preprocess(src: str | Path, dst: str | Path | None, options: PreprocessO
             if len(pending) >= (options.caption_batch_size if options.wants_captions else 1):
                 _flush(pending, captioner, dst_path, options, result, job)
                 pending = []
+                if result.error:
+                    break
             done += 1
             _progress(job, done, total, source.path, src_path)
-        _flush(pending, captioner, dst_path, options, result, job)
+        if not result.error:
+            _flush(pending, captioner, dst_path, options, result, job)
     finally:
         if own_captioner:
             captioner.close()
@@ -167,6 +193,8 @@ def run_preprocess(src: str | Path, dst: str | Path | None, options: PreprocessO
                         f"their size (not upscaled)")
         job.message(f"wrote {len(result.outputs)} image(s) and {result.captions_written} caption(s); "
                     f"skipped {len(result.skipped)} file(s)")
+    elif result.error:
+        log.warning("%s", result.error)
     return result
 
 
@@ -338,15 +366,26 @@ def _flush(pending: list[_Pending], captioner: Captioner, dst: Path, options: Pr
                 continue
             _save_item(p, caption, dst, options, result)
         except OSError as e:
+            if is_disk_full(e):  # every later output would fail too: stop with one clear message
+                result.error = (f"stopped: {e}; wrote {len(result.outputs)} image(s) and "
+                                f"{result.captions_written} caption(s) before it. Free some space and run "
+                                f"again: outputs already written are skipped")
+                return
             result.skipped.append((str(p.source.path), f"could not write output: {e}"))
             _warn(job, f"could not write output for {p.source.path}: {e}")
 
 
 def _save_item(p: _Pending, caption: str, dst: Path, options: PreprocessOptions, result: PreprocessResult) -> None:
+    """Write one crop (and its flipped copy) with captions, all or nothing.
+
+    Order matters for `skip` after a kill: each caption goes before its image, and the flipped
+    copy before the crop itself, so the crop's image (what `_already_done` looks for) is the
+    last file written. If a write fails, the files this call created are removed again."""
     ext = _ext(options, p.image)
     variants = [(p.part, p.image)]
     if options.flip:
         variants.append((p.nparts + p.part, mirror(p.image)))
+    planned = []
     for n, (sub, image) in enumerate(variants):
         if options.caption_to == "filename":
             words = caption_to_filename(caption) or caption_to_filename(p.source.path.stem) or "image"
@@ -354,12 +393,30 @@ def _save_item(p: _Pending, caption: str, dst: Path, options: PreprocessOptions,
         else:
             stem = p.source.key if p.nparts == 1 else f"{p.source.key}-p{p.part + 1}"
             name = f"{stem}{'-flip' if n else ''}.{ext}"
-        target = dst / name
-        _save_image(image, target, ext)
-        result.outputs.append(str(target))
-        if options.caption_to == "sidecar" and caption:
-            write_caption(target, caption)
-            result.captions_written += 1
+        planned.append((dst / name, image))
+    created: list[Path] = []
+    outputs, captions = [], 0
+    try:
+        for target, image in reversed(planned):  # the flipped copy first, the crop itself last
+            if options.caption_to == "sidecar" and caption:
+                _write_new(created, caption_path(target), lambda t=target: write_caption(t, caption))
+                captions += 1
+            _write_new(created, target, lambda t=target, im=image: _save_image(im, t, ext))
+            outputs.append(str(target))
+    except OSError:
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
+    result.outputs.extend(reversed(outputs))
+    result.captions_written += captions
+
+
+def _write_new(created: list[Path], target: Path, write: Callable[[], object]) -> None:
+    """Run `write`; remember `target` when it did not exist before (so a failure can undo it)."""
+    existed = target.exists()
+    write()
+    if not existed:
+        created.append(target)
 
 
 def _save_image(image: Image.Image, target: Path, ext: str) -> None:

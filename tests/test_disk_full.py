@@ -165,3 +165,89 @@ def test_training_with_a_full_disk_warns_keeps_the_last_good_files_and_fails_onl
                  Job(id="b", kind="train", title="b"), run=run, resume=True)
     assert rest["step"] == 3 and not rest["fresh_optimizer"]
     assert load_embedding(library).step == 3
+
+
+# ---- preprocessing ----------------------------------------------------------------------------------
+def _noise(size: int, seed: int):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def test_preprocess_stops_at_the_first_output_a_full_disk_refuses(tmp_path):
+    """Solid-colour 512 px PNGs (~2 kB) fit under a 100 kB limit, a noise one (~780 kB) does not:
+    the job stops there with one message naming the file; what was written is whole."""
+    from PIL import Image
+
+    from preprocessing.job import run_preprocess
+    from preprocessing.options import PreprocessOptions
+
+    src, first, dst = tmp_path / "src", tmp_path / "first", tmp_path / "dst"
+    for folder in (src, first):
+        folder.mkdir()
+    Image.new("RGB", (600, 600), (200, 30, 30)).save(src / "00-red.png")
+    Image.new("RGB", (600, 600), (200, 30, 30)).save(first / "00-red.png")
+    Image.new("RGB", (600, 600), (30, 30, 200)).save(src / "01-blue.png")
+    _noise(600, 1).save(src / "02-noise.png")
+    Image.new("RGB", (600, 600), (30, 200, 30)).save(src / "03-green.png")
+    done = run_preprocess(first, dst, PreprocessOptions(prefix="sks", flip=True))  # an earlier run
+    assert len(done.outputs) == 2 and not done.error
+    (dst / "notes.md").write_text("the user's own file")
+    before = snapshot_files(dst)
+
+    proc = run_limited(100_000, ROOT / "app.py", "preprocess", str(src), str(dst), "--prefix", "sks", "--flip",
+                       "--quiet")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    errors = [ln for ln in out.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, out
+    assert str(dst / "02-noise-flip.png") in errors[0] and "disk full" in errors[0]
+    assert "wrote 2 image(s) and 2 caption(s)" in errors[0]  # 01-blue and its flipped copy
+
+    after = snapshot_files(dst)
+    assert {p: after.get(p) for p in before} == before
+    assert sorted(p.name for p in set(after) - set(before)) == ["01-blue-flip.png", "01-blue-flip.txt",
+                                                              "01-blue.png", "01-blue.txt"]
+    assert not tmp_leftovers(dst) and not [p for p in dst.iterdir() if p.name.startswith(".")]
+    for p in dst.glob("*.png"):
+        with Image.open(p) as im:
+            im.verify()
+    for p in dst.glob("*.txt"):
+        assert p.read_text() == "sks\n"
+
+    # with room again, the same command finishes the folder; nothing is done twice
+    rest = run_preprocess(src, dst, PreprocessOptions(prefix="sks", flip=True))
+    assert not rest.error
+    assert sorted(Path(p).name for p in rest.already_done) == ["00-red.png", "01-blue.png"]
+    assert sorted(Path(p).name for p in rest.outputs) == ["02-noise-flip.png", "02-noise.png",
+                                                         "03-green-flip.png", "03-green.png"]
+
+
+def test_preprocess_job_fails_with_the_written_list_as_its_result(tmp_path):
+    """In process (the UI's path): the job fails naming the file and its result lists the outputs."""
+    script = tmp_path / "job_script.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys
+        from jobs.registry import Job, run_job
+        from preprocessing.job import preprocess_job
+        from preprocessing.options import PreprocessOptions
+        job = Job(id="p", kind="preprocess", title="p",
+                  fn=preprocess_job(sys.argv[1], sys.argv[2], PreprocessOptions(prefix="sks")))
+        run_job(job)
+        print(json.dumps({"state": job.state.value, "error": job.error, "result": job.result}))
+    """))
+    from PIL import Image
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    Image.new("RGB", (512, 512), (200, 30, 30)).save(src / "a.png")
+    _noise(512, 2).save(src / "b.png")
+    proc = run_limited(100_000, script, str(src), str(dst))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["state"] == "failed"
+    assert str(dst / "b.png") in out["error"] and "disk full" in out["error"]
+    assert out["result"]["outputs"] == [str(dst / "a.png")] and out["result"]["captions_written"] == 1
+    assert out["result"]["error"] == out["error"]
+    assert sorted(p.name for p in dst.iterdir()) == ["a.png", "a.txt"]
