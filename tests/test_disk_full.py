@@ -102,6 +102,28 @@ def test_atomic_write_past_the_size_limit_leaves_the_target_and_no_temp(tmp_path
     assert not tmp_leftovers(folder) and not [p for p in folder.iterdir() if p.name.startswith(".")]
 
 
+def test_save_error_reasons_keep_errno_and_name_the_file(tmp_path):
+    """Every disk-full errno reads "disk full"; a writer's own missing source is named, not blamed
+    on the target (a copy from a file that vanished)."""
+    from workspace.atomic import SaveError, atomic_write_with, is_disk_full
+
+    for code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        e = SaveError.from_os_error(tmp_path / "x.pt", OSError(code, os.strerror(code)))
+        assert e.errno == code and e.disk_full and is_disk_full(e) and isinstance(e, OSError)
+        assert str(e).startswith(f"cannot save {tmp_path / 'x.pt'}: disk full")
+    e = SaveError.from_os_error(tmp_path / "x.pt", OSError(errno.EROFS, os.strerror(errno.EROFS)))
+    assert not e.disk_full and "read-only" in str(e)
+    missing = tmp_path / "gone.safetensors"
+    target = tmp_path / "copy.safetensors"
+    try:
+        atomic_write_with(target, lambda tmp: Path(tmp).write_bytes(missing.read_bytes()))
+    except SaveError as err:
+        assert err.errno == errno.ENOENT and str(missing) in str(err) and str(target) in str(err)
+    else:
+        raise AssertionError("a missing source must fail the save")
+    assert not target.exists() and not list(tmp_path.iterdir())
+
+
 # ---- training -----------------------------------------------------------------------------------
 def test_training_with_a_full_disk_warns_keeps_the_last_good_files_and_fails_only_the_final_save(
         tiny_model, data, solid_dataset):
