@@ -79,11 +79,7 @@ class Job:
             self._events.append(ev)
             self._changed.notify_all()
         if self.log_path is not None:
-            try:
-                with open(self.log_path, "a", encoding="utf-8") as f:
-                    f.write(ev.to_json() + "\n")
-            except OSError as e:  # a full disk must not kill the run; the in-memory log remains
-                log.warning("cannot append to %s: %s", self.log_path, e)
+            _append_line(self.log_path, ev.to_json() + "\n")
         return ev
 
     def message(self, text: str) -> None:
@@ -241,6 +237,24 @@ def run_job(job: Job) -> None:
         job._set_state(JobState.INTERRUPTED)
     except Exception as e:  # the job's own failure; the worker must keep going
         job.error = str(e) or e.__class__.__name__
-        log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+        log.warning("job %s failed: %s", job.id, job.error)
+        log.debug("job %s traceback:\n%s", job.id, traceback.format_exc())
         job.emit("error", text=job.error, type=e.__class__.__name__)
         job._set_state(JobState.FAILED)
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append one whole line or nothing: a failed write (full disk) is cut back off so the next
+    event does not land on a torn line. The in-memory log keeps every event either way."""
+    data = line.encode("utf-8")
+    try:
+        with open(path, "ab", buffering=0) as f:
+            start = f.seek(0, 2)
+            try:
+                if f.write(data) != len(data):
+                    raise OSError(28, "short write (disk full?)")
+            except OSError:
+                f.truncate(start)
+                raise
+    except OSError as e:  # a full disk must not kill the run
+        log.warning("cannot append to %s: %s", path, e)
