@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from embeddings.formats import FORMATS, load_embedding, save_embedding
+from embeddings.formats import FORMATS, load_embedding, load_embedding_pair, save_embedding
 from embeddings.formats.diffusers_format import pair_paths
 from models.load import load_base_model
 from tests.formats_fixtures import make_embedding
@@ -104,7 +104,10 @@ def test_trained_tiny_sdxl_round_trips_every_format(data, tmp_path):
             path_l, path_g = pair_paths(written)
             halves = [load_embedding(path_l), load_embedding(path_g)]
             assert [h.name for h in halves] == ["flatcol-diffusers", "flatcol-diffusers_2"]
-            got = {"clip_l": next(iter(halves[0].vectors.values())), "clip_g": next(iter(halves[1].vectors.values()))}
+            # named explicitly, the pair reads back as one SDXL embedding at tiny widths too
+            pair = load_embedding_pair(path_l, path_g)
+            got = pair.vectors
+            assert set(got) == {"clip_l", "clip_g"} and pair.widths == {"clip_l": 32, "clip_g": 64}
         else:
             back = load_embedding(written)
             got = back.vectors

@@ -150,9 +150,12 @@ def load_embedding(path: str | Path) -> Embedding:
 
 
 def load_embedding_pair(path_l: str | Path, path_g: str | Path) -> Embedding:
-    """An SDXL embedding from diffusers' two files: CLIP-L (768) and CLIP-G (1280), same token."""
+    """An SDXL embedding from diffusers' two files: CLIP-L (768) then CLIP-G (1280), same token.
+
+    Both files are named, so any widths are accepted (the tiny SDXL model's are 32 and 64).
+    """
     path_l, path_g = Path(path_l), Path(path_g)
-    return combine_pair(_load_single(path_l), _load_single(path_g), path_l, path_g)
+    return combine_pair(_load_single(path_l), _load_single(path_g), path_l, path_g, sdxl_widths=False)
 
 
 def format_for_path(path: str | Path) -> str:

@@ -83,21 +83,30 @@ def pair_partner(path: Path) -> tuple[Path | None, Path | None]:
     return second, first
 
 
-def is_pair(first: Embedding, second: Embedding) -> bool:
-    """Two single-encoder embeddings that together make an SDXL one (widths 768 and 1280, same rows)."""
+def is_pair(first: Embedding, second: Embedding, *, sdxl_widths: bool = True) -> bool:
+    """Two single-encoder embeddings that together make an SDXL one (widths 768 and 1280, same rows).
+
+    `sdxl_widths=False` relaxes the width rule for a pair the user names explicitly (e.g. exported
+    from the tiny SDXL model): any widths, as long as the first (CLIP-L) is narrower than the second
+    (CLIP-G), which catches the files given in the wrong order.
+    """
+    w1, w2 = (next(iter(e.widths.values())) for e in (first, second))
+    widths_ok = w1 < w2 if not sdxl_widths else (
+        list(first.widths.values()) == [SDXL_L_WIDTH] and list(second.widths.values()) == [SDXL_G_WIDTH]
+    )
     return (
         len(first.vectors) == 1
         and len(second.vectors) == 1
-        and list(first.widths.values()) == [SDXL_L_WIDTH]
-        and list(second.widths.values()) == [SDXL_G_WIDTH]
+        and widths_ok
         and first.num_vectors == second.num_vectors
         and first.metadata.get("format", "").startswith("diffusers")
         and second.metadata.get("format", "").startswith("diffusers")
     )
 
 
-def combine_pair(first: Embedding, second: Embedding, path_l: Path, path_g: Path) -> Embedding:
-    if not is_pair(first, second):
+def combine_pair(first: Embedding, second: Embedding, path_l: Path, path_g: Path, *,
+                 sdxl_widths: bool = True) -> Embedding:
+    if not is_pair(first, second, sdxl_widths=sdxl_widths):
         raise EmbeddingFileError(
             path_l, f"not an SDXL pair with {path_g.name}: need one tensor of width {SDXL_L_WIDTH} and one of "
                     f"width {SDXL_G_WIDTH} with the same number of vectors (got {first.widths} and {second.widths})"
