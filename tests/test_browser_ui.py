@@ -58,6 +58,18 @@ def pick(page, elem_id: str, value: str) -> None:
     page.keyboard.press("Escape")
 
 
+def images_loaded(page, elem_id: str, timeout: float = 30_000) -> None:
+    """Wait until every <img> under the element has loaded with real pixels (a broken file URL
+    leaves naturalWidth 0), so the screenshots show the pictures too. Gallery images load lazily, so
+    each is scrolled into view first."""
+    for img in page.locator(f"#{elem_id} img").all():
+        img.scroll_into_view_if_needed()
+    page.wait_for_function(
+        """(id) => { const imgs = [...document.querySelectorAll(`#${id} img`)];
+                     return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
+        arg=elem_id, timeout=timeout)
+
+
 def fill(page, elem_id: str, value: str) -> None:
     box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
     box.fill(value)
@@ -142,6 +154,7 @@ def test_full_workflow_in_browser(browser, app, tmp_path):
     expect(page.locator("#train_status")).to_contain_text("finished", timeout=240_000)
     expect(page.locator("#train_status")).to_contain_text("step 10/10")
     expect(page.locator("#train_previews img")).to_have_count(2, timeout=30_000)
+    images_loaded(page, "train_previews")  # served and decoded, not just <img> tags
     expect(page.locator("#train_loss canvas, #train_loss svg").first).to_be_visible(timeout=30_000)
     expect(page.locator("#train_loss")).to_contain_text("smoothed", timeout=30_000)  # the legend has both lines
     shot(page, "train")
@@ -192,5 +205,7 @@ def test_full_workflow_in_browser(browser, app, tmp_path):
     expect(page.locator("#gen_info")).to_contain_text("Embeddings used:", timeout=60_000)
     expect(page.locator("#gen_info")).to_contain_text("bcat")
     expect(page.locator("#gen_gallery img").first).to_be_visible(timeout=30_000)
+    images_loaded(page, "gen_gallery")
+    expect(page.locator("#gen_info")).to_contain_text("noise by design")  # tiny images are noise, said plainly
     shot(page, "generate")
     page.close()
