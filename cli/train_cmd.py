@@ -46,8 +46,11 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train an embedding (headless; same settings as the UI)")
     p.add_argument("--config", help="a TOML or JSON file of TrainConfig settings")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its resume bundle")
+    from training.config_text import FIELD_TEXT
+
     for flag, (key, typ) in FLAGS.items():
-        p.add_argument(flag, dest=key, type=typ, default=None)
+        label, info = FIELD_TEXT.get(key, (key.replace("_", " "), None))
+        p.add_argument(flag, dest=key, type=typ, default=None, help=f"{label} ({info})" if info else label)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other setting, e.g. --set flip_p=0.5 (values read as JSON when they parse)")
     p.add_argument("--list", action="store_true", help="list the run folders and exit")

@@ -20,6 +20,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from training.config_text import FIELD_TEXT
 from ui.common import FieldText, fail, field_text, fmt_seconds, grouped_fields, short, user_errors, widget_for_field
 from ui.state import AppContext
 
@@ -45,73 +46,7 @@ ADVANCED: tuple[tuple[str, tuple[str, ...]], ...] = (
                              "not_learning_threshold")),
     ("Snapshots", ("save_png_embeddings", "snapshot_formats", "run_name")),
 )
-T = FieldText
-TEXTS: dict[str, FieldText] = {
-    # basic
-    "lr": T("Learning rate", "One rate, or rate:until-step pairs, e.g. 0.005:100, 1e-3:1000, 1e-5"),
-    "lr_kind": T("Schedule", "cosine / linear: decay to the lowest rate"),
-    "max_steps": T("Train until step"),
-    "batch_size": T("Batch size"),
-    "preview_every": T("Preview every N steps", "0 = no previews"),
-    "save_every": T("Save a snapshot every N steps", "0 = only at the end"),
-    "preview_prompts": T("Preview prompts", "One per line; empty = the template's first line"),
-    "resolution": T("Training resolution (px)"),
-    # data
-    "bucketing": T("Aspect-ratio buckets", "Train at each image's own shape, not a square crop"),
-    "no_upscale": T("Never upscale small images", "With buckets: small images keep their size"),
-    "shuffle_tags": T("Shuffle caption tags", "Comma-separated tags in a new order each step"),
-    "alpha_weight": T("Weight the loss by transparency", "Transparent pixels count less (PNG with alpha)"),
-    "repeats": T("Repeats per epoch", "Each image is used this many times per epoch"),
-    "flip_p": T("Mirror chance", "0 to 1: chance an image is used mirrored"),
-    "latent_sampling": T("Latent sampling", "once: one VAE sample per image; deterministic: the mean; "
-                                            "random: a new sample every step"),
-    "keep_tags": T("Keep first tags", "This many leading tags are never shuffled or dropped"),
-    "tag_dropout": T("Tag dropout", "0 to 1: chance each tag is left out"),
-    "bucket_step": T("Bucket step (px)", "Bucket sides are multiples of this"),
-    "min_bucket": T("Smallest bucket side (px)"),
-    "max_bucket": T("Largest bucket side (px)"),
-    "filename_regex": T("Caption from file name (regex)", "For images without a .txt: keep the matches"),
-    "join_string": T("Join matches with"),
-    # optimizer & schedule
-    "more_steps": T("Or: train N more steps", "0 = use 'Train until step'"),
-    "warmup_steps": T("Warm-up steps", "The rate rises from 0 over these steps"),
-    "min_lr": T("Lowest learning rate", "Where cosine / linear end"),
-    "grad_accum": T("Gradient accumulation", "Batches per update: effective batch = batch × this"),
-    "optimizer": T("Optimizer"),
-    "weight_decay": T("Weight decay", "Keep 0 for embeddings: decay pulls vectors to 0"),
-    "clip_mode": T("Gradient clipping", "value: each number; norm: the whole gradient's length"),
-    "clip_value": T("Clip at", "Same syntax as the learning rate, e.g. 0.1 or 0.5:200, 0.1"),
-    "seed": T("Seed"),
-    # text encoder & vectors
-    "vector_shuffle": T("Vector shuffle", "Train with the vectors in shuffled order so each one stands on "
-                                          "its own (multi-vector)"),
-    "shuffle_prob": T("Shuffle chance", "0 to 1: share of steps that shuffle"),
-    "clip_skip": T("CLIP skip", "1 = last text-encoder layer; 2 = the one before"),
-    # precision & speed
-    "gradient_checkpointing": T("Gradient checkpointing", "Less GPU memory, slower steps"),
-    "mixed_precision": T("Mixed precision", "auto: bf16/fp16 on a GPU, full precision on CPU"),
-    # previews
-    "preview_steps": T("Preview sampling steps"),
-    "preview_cfg": T("Preview CFG scale"),
-    "preview_scheduler": T("Preview sampler"),
-    "preview_width": T("Preview width (px)", "0 = training resolution"),
-    "preview_height": T("Preview height (px)", "0 = training resolution"),
-    "preview_seeds": T("Preview seeds", "Comma separated: one image per seed and prompt"),
-    "preview_negative": T("Preview negative prompt"),
-    # evaluation & health
-    "tensorboard": T("Write TensorBoard logs"),
-    "eval_every": T("Evaluation loss every N steps", "Fixed images and noise, comparable over time; 0 = off"),
-    "eval_images": T("Evaluation images"),
-    "nan_patience": T("Stop after N bad steps", "Steps in a row with a NaN/inf loss (each is skipped)"),
-    "not_learning_steps": T("'Not learning' check after", "Warn if the vectors have not moved by this step; "
-                                                          "0 = off"),
-    "not_learning_threshold": T("'Not learning' threshold", "Relative change |v - v0| / |v0| that counts as "
-                                                            "moved"),
-    # snapshots
-    "save_png_embeddings": T("Also save PNG embeddings", "A preview picture carrying the vectors"),
-    "snapshot_formats": T("Snapshot formats"),
-    "run_name": T("Run folder name", "Empty = <embedding>-<date-time>"),
-}
+TEXTS: dict[str, FieldText] = {key: FieldText(*text) for key, text in FIELD_TEXT.items()}
 POLL_SECONDS = 1.0
 CHART_SECONDS = 5.0  # loss/norm charts, previews and downloads refresh this often while running
 MAX_PLOT_POINTS = 1500
