@@ -58,16 +58,23 @@ def pick(page, elem_id: str, value: str) -> None:
     page.keyboard.press("Escape")
 
 
-def images_loaded(page, elem_id: str, timeout: float = 30_000) -> None:
+def images_loaded(page, elem_id: str, timeout: float = 60_000) -> None:
     """Wait until every <img> under the element has loaded with real pixels (a broken file URL
     leaves naturalWidth 0), so the screenshots show the pictures too. Gallery images load lazily, so
     each is scrolled into view first."""
     for img in page.locator(f"#{elem_id} img").all():
         img.scroll_into_view_if_needed()
-    page.wait_for_function(
-        """(id) => { const imgs = [...document.querySelectorAll(`#${id} img`)];
-                     return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
-        arg=elem_id, timeout=timeout)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            """(id) => { const imgs = [...document.querySelectorAll(`#${id} img`)];
+                         return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
+            arg=elem_id, timeout=timeout)
+    except PlaywrightTimeout:
+        states = page.evaluate("""(id) => [...document.querySelectorAll(`#${id} img`)].map(
+            i => ({src: i.src.slice(-80), complete: i.complete, w: i.naturalWidth, loading: i.loading}))""", elem_id)
+        raise AssertionError(f"images in #{elem_id} did not load: {states}") from None
 
 
 def fill(page, elem_id: str, value: str) -> None:
