@@ -4,6 +4,15 @@ One value, one meaning: the UI form fills it, the CLI builds it from TOML/JSON a
 saved as `settings.json` in each run folder and as `metadata["settings"]` in every embedding the
 run writes, and "resume" / "restore settings" read it back. Unknown keys and bad values are
 errors that name the key, so a typo in a config file never silently trains with a default.
+
+Every rule about a value lives in `TrainConfig.validate()`, which runs before anything is queued
+or loaded; the dataset's `DataOptions` is a view of some fields and borrows those rules.
+
+Saved settings carry a schema version (`"schema": N`). `TrainConfig.from_saved` is the one loader
+for anything read back (run folders, embedding metadata, resume bundles, config files): it brings
+an older version up to today's field names through `TrainConfig.MIGRATIONS`, one small step per
+version, so renaming a field never breaks resuming an old run or restoring an old embedding's
+settings.
 """
 
 from __future__ import annotations
@@ -11,12 +20,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from workspace.atomic import atomic_write_text
 
@@ -30,13 +41,37 @@ SNAPSHOT_FORMATS = ("safetensors", "pt", "png")
 PREVIEW_SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lms", "unipc")
 
 
+SCHEMA_KEY = "schema"  # the key that holds the schema version in saved settings
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+
 class ConfigError(ValueError):
     """A bad setting. The message starts with the key (and the file when one was read)."""
+
+
+def renamed(old: str, new: str) -> Migration:
+    """A migration step for a field renamed from `old` to `new` (the value moves over unchanged)."""
+
+    def step(values: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in values.items() if k != old}
+        if old in values:
+            out[new] = values[old]
+        return out
+
+    step.__name__ = f"rename_{old}_to_{new}"
+    return step
 
 
 @dataclass
 class TrainConfig:
     """All settings of one training run. Field order is the order the UI and `--help` show them."""
+
+    # The schema version written with saved settings; bump it when a field is renamed or changes
+    # meaning, and add the step from the old version to MIGRATIONS (e.g. `1: renamed("a", "b")`).
+    SETTINGS_VERSION: ClassVar[int] = 1
+    # version N -> the step that turns settings of version N into version N + 1
+    MIGRATIONS: ClassVar[dict[int, Migration]] = {}
 
     # --- what to train, on what -----------------------------------------------------------------
     embedding: str = ""  # a name in the embeddings folder or a path to an embedding file
@@ -45,6 +80,8 @@ class TrainConfig:
     run_name: str = ""  # run folder name; empty -> <embedding>-<YYYYmmdd-HHMMSS>
 
     # --- data (the training.dataset.DataOptions fields; see data_options()) ----------------------
+    # Bucket sizes are given for resolution 512 and scale with `resolution`, so the defaults also
+    # make sense for a 64 px tiny-model run (step 8, sides 32..128) or SDXL at 1024.
     template: str = "subject_filewords"
     shuffle_tags: bool = False
     tag_dropout: float = 0.0
@@ -104,19 +141,40 @@ class TrainConfig:
 
     # ------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as saved (settings.json, embedding metadata, resume bundles): every field,
+        after the schema version they are written in."""
+        return {SCHEMA_KEY: self.SETTINGS_VERSION, **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str | None = None) -> "TrainConfig":
-        """Build and validate. `source` (a file name) prefixes error messages."""
+        """Build and validate settings given as today's fields (a form, flags, `to_dict()`).
+
+        A schema key, when present, is honoured (`to_dict()` writes one); without it the values
+        are today's. `source` (a file name) prefixes error messages."""
+        if isinstance(values, dict):
+            values = {SCHEMA_KEY: cls.SETTINGS_VERSION, **values}
+        return cls.from_saved(values, source=source)
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any], *, source: str | None = None,
+                   ignore_unknown: bool = False) -> "TrainConfig":
+        """The one loader for settings read back from disk or metadata, of any schema version.
+
+        Settings without a schema key are version 1 (written before versions were). Older
+        versions go through `migrate` first. `ignore_unknown` drops keys this config does not have
+        (an embedding made by another tool stores its own settings under the same metadata key);
+        otherwise an unknown key is an error naming it."""
+        values = cls.migrate(values, source=source)
         prefix = f"{source}: " if source else ""
-        if not isinstance(values, dict):
-            raise ConfigError(f"{prefix}expected a table of settings, got {type(values).__name__}")
         known = {f.name: f for f in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
         kwargs: dict[str, Any] = {}
         for key, value in values.items():
+            if key == SCHEMA_KEY:
+                continue
             if key not in known:
+                if ignore_unknown:
+                    continue
                 close = difflib.get_close_matches(str(key).replace("-", "_"), list(known), n=1, cutoff=0.75)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"{prefix}unknown setting {key!r}{hint}")
@@ -131,12 +189,36 @@ class TrainConfig:
             raise ConfigError(f"{prefix}{e}") from None
         return config
 
+    @classmethod
+    def migrate(cls, values: dict[str, Any], *, source: str | None = None) -> dict[str, Any]:
+        """Saved settings of any version -> the same settings at `SETTINGS_VERSION` (schema key set).
+
+        Only the steps in `MIGRATIONS` touch the values; keys they do not know pass through (the
+        trainer keeps its own bookkeeping beside the fields in a resume bundle). No schema key means
+        version 1. A version newer than this program's is an error: guessing could train with
+        settings it misreads."""
+        prefix = f"{source}: " if source else ""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{prefix}expected a table of settings, got {type(values).__name__}")
+        version = values.get(SCHEMA_KEY, 1)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ConfigError(f"{prefix}{SCHEMA_KEY}: expected a version number (1 or more), got {version!r}")
+        if version > cls.SETTINGS_VERSION:
+            raise ConfigError(f"{prefix}{SCHEMA_KEY}: these settings are version {version}, newer than this "
+                              f"program reads (up to {cls.SETTINGS_VERSION}); update the program to use them")
+        out = {k: v for k, v in values.items() if k != SCHEMA_KEY}
+        for v in range(version, cls.SETTINGS_VERSION):
+            out = cls.MIGRATIONS[v](out)
+        return {SCHEMA_KEY: cls.SETTINGS_VERSION, **out}
+
     def replace(self, **changes: Any) -> "TrainConfig":
         """A validated copy with some settings changed (unknown keys are errors)."""
-        return TrainConfig.from_dict({**self.to_dict(), **changes})
+        return type(self).from_dict({**self.to_dict(), **changes})
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
+        """A TOML/JSON config file or saved settings (a run's settings.json, embedding metadata
+        with a "settings" table), of any schema version."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -148,7 +230,7 @@ class TrainConfig:
             raise ConfigError(f"{path.name}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {e}") from None
         if isinstance(values, dict) and "settings" in values and isinstance(values["settings"], dict):
             values = values["settings"]  # embedding metadata / run summaries nest them
-        return cls.from_dict(values, source=path.name)
+        return cls.from_saved(values, source=path.name)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -160,7 +242,13 @@ class TrainConfig:
 
     # ------------------------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Check ranges and choices; the lr and clip schedules are parsed where max_steps is known."""
+        """Every rule about the settings, checked before anything is queued or loaded.
+
+        Types, ranges and choices; the lr and clip schedules are parsed where max_steps is known.
+        Raises ConfigError naming the first bad key."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), hints[f.name])
         _choice("lr_kind", self.lr_kind, LR_KINDS)
         _choice("clip_mode", self.clip_mode, CLIP_MODES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -170,10 +258,15 @@ class TrainConfig:
         _choice("preview_scheduler", self.preview_scheduler, PREVIEW_SCHEDULERS)
         for fmt in self.snapshot_formats:
             _choice("snapshot_formats", fmt, SNAPSHOT_FORMATS)
-        for key in ("batch_size", "grad_accum", "repeats", "resolution", "preview_steps", "bucket_step",
-                    "min_bucket", "max_bucket", "clip_skip"):
+        for key in ("batch_size", "grad_accum", "repeats", "preview_steps", "min_bucket", "max_bucket",
+                    "clip_skip"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be at least 1 (got {getattr(self, key)})")
+        # pixel sizes reach the VAE, which halves them three times
+        if self.resolution < 16 or self.resolution % 8:
+            raise ConfigError(f"resolution: must be a multiple of 8, at least 16 (got {self.resolution})")
+        if self.bucket_step < 8 or self.bucket_step % 8:
+            raise ConfigError(f"bucket_step: must be a multiple of 8, at least 8 (got {self.bucket_step})")
         for key in ("max_steps", "more_steps", "warmup_steps", "keep_tags", "save_every", "preview_every",
                     "eval_every", "eval_images", "nan_patience", "not_learning_steps", "preview_width",
                     "preview_height", "weight_decay", "min_lr", "not_learning_threshold", "preview_cfg"):
@@ -186,6 +279,12 @@ class TrainConfig:
             raise ConfigError("nan_patience: must be at least 1")
         if self.min_bucket > self.max_bucket:
             raise ConfigError(f"min_bucket: {self.min_bucket} is larger than max_bucket {self.max_bucket}")
+        if self.filename_regex:
+            try:
+                re.compile(self.filename_regex)
+            except re.error as e:
+                raise ConfigError(f"filename_regex: {self.filename_regex!r} is not a valid regular expression: "
+                                  f"{e}") from None
         if not str(self.lr).strip():
             raise ConfigError("lr: empty learning rate")
         if self.run_name and (Path(self.run_name).name != self.run_name or self.run_name.startswith(".")):
@@ -212,11 +311,31 @@ class TrainConfig:
         return lr, clip
 
     def data_options(self):
-        """The dataset options (training.dataset.DataOptions) taken from the matching fields."""
+        """The dataset options (training.dataset.DataOptions): a view of the matching fields.
+
+        Imported here because training.dataset pulls in torch and PIL, which reading a config
+        does not need (the CLI checks a config before it loads anything heavy)."""
         from training.dataset import DataOptions
 
-        names = {f.name for f in dataclasses.fields(DataOptions)}
-        return DataOptions(**{k: v for k, v in self.to_dict().items() if k in names})
+        return DataOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataOptions)})
+
+
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def _check_type(key: str, value: Any, hint: Any) -> None:
+    """A field holds its declared type: `from_dict` converts loaded values, and this catches a
+    config built directly in code with a wrong one (1.5 repeats, "64" as a resolution)."""
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        for v in value:
+            _check_type(key, v, item)
+        return
+    allowed = (int, float) if hint is float else (hint,)  # a whole number is a fine float
+    if not isinstance(value, allowed) or (isinstance(value, bool) and hint is not bool):
+        raise ConfigError(f"{key}: expected {_TYPE_WORDS[hint]}, got {value!r}")
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:

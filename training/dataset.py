@@ -31,6 +31,7 @@ from PIL import Image
 
 from preprocessing.geometry import apply_plan, plan_cover
 from preprocessing.images import IMAGE_SUFFIXES, ImageReadError, LoadedImage, open_image
+from training.config import ConfigError, TrainConfig
 from training.templates import TemplateError, load_template, render
 
 CAPTION_SUFFIX = ".txt"
@@ -47,10 +48,11 @@ class DataError(ValueError):
 
 @dataclass
 class DataOptions:
-    """The dataset part of a run's settings (plain values, JSON-able; embedded in TrainConfig).
+    """The dataset part of a run's settings: a view of the matching `TrainConfig` fields, with the
+    same names and defaults (`TrainConfig.data_options()` builds it).
 
-    Bucket sizes are given for resolution 512 and scale with ``resolution``, so the defaults
-    also make sense for a 64 px tiny-model run (step 8, sides 32..128) or SDXL at 1024.
+    It has no rules of its own: `validate()` applies `TrainConfig.validate()`, so a value is
+    judged the same way whether it comes from a config or is built here directly.
     """
 
     template: str = "subject_filewords"  # a template name (textual_inversion_templates) or a path
@@ -65,39 +67,16 @@ class DataOptions:
     alpha_weight: bool = False  # use PNG alpha as the per-pixel loss weight
     filename_regex: str = ""  # captions from file names: keep only the matches of this regex
     join_string: str = " "  # ... joined with this
-    bucket_step: int = 64
+    bucket_step: int = 64  # bucket sides are multiples of this (at resolution 512; scales with it)
     min_bucket: int = 256
     max_bucket: int = 1024
 
     def validate(self) -> DataOptions:
-        """Raise DataError naming the first bad field; return self for chaining."""
-
-        def fail(key: str, why: str) -> None:
-            raise DataError(f"{key}: {why} (got {getattr(self, key)!r})")
-
-        for key in ("repeats", "resolution", "keep_tags", "bucket_step", "min_bucket", "max_bucket"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int):
-                fail(key, "must be a whole number")
-        for key in ("tag_dropout", "flip_p"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-                fail(key, "must be a number from 0 to 1")
-        if self.repeats < 1:
-            fail("repeats", "must be at least 1")
-        if self.keep_tags < 0:
-            fail("keep_tags", "must be 0 or more")
-        if self.resolution < 16 or self.resolution % 8:
-            fail("resolution", "must be a multiple of 8, at least 16")
-        if self.bucket_step < 8 or self.bucket_step % 8:
-            fail("bucket_step", "must be a multiple of 8, at least 8")
-        if self.min_bucket > self.max_bucket:
-            fail("min_bucket", f"must not be larger than max_bucket ({self.max_bucket})")
-        if self.filename_regex:
-            try:
-                re.compile(self.filename_regex)
-            except re.error as e:
-                fail("filename_regex", f"is not a valid regular expression: {e}")
+        """Raise DataError naming the first bad field (TrainConfig's rules); return self for chaining."""
+        try:
+            TrainConfig(**asdict(self)).validate()
+        except ConfigError as e:
+            raise DataError(str(e)) from None
         return self
 
 
