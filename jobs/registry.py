@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import queue
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from jobs import events
+from jobs.events import Event, JobEvent
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +36,6 @@ class JobInterrupted(Exception):
     """Raised by a job function that honoured a stop request (after saving what it must)."""
 
 
-@dataclass(frozen=True)
-class Event:
-    """One entry of a job's log. `kind` is one of: state, progress, loss, norms, eval, preview,
-    message, warning, files, result, error."""
-
-    seq: int
-    time: float
-    kind: str
-    data: dict[str, Any]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), default=str)
-
-
 JobFn = Callable[["Job"], Any]
 
 
@@ -66,6 +54,7 @@ class Job:
     log_path: Path | None = None
     _events: list[Event] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _write: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _changed: threading.Condition = field(default=None, repr=False)  # type: ignore[assignment]
 
@@ -73,23 +62,36 @@ class Job:
         self._changed = threading.Condition(self._lock)
 
     # --- writing (the job function) -------------------------------------------------------
-    def emit(self, kind: str, **data: Any) -> Event:
-        with self._lock:
-            ev = Event(seq=len(self._events), time=time.time(), kind=kind, data=data)
-            self._events.append(ev)
-            self._changed.notify_all()
-        if self.log_path is not None:
-            _append_line(self.log_path, ev.to_json() + "\n")
+    def emit(self, event: JobEvent | str, /, **data: Any) -> Event:
+        """Append a typed event (jobs.events) to the log: `job.emit(events.Loss(step=1, ...))`.
+
+        The older form `emit("loss", step=1, ...)` still works for code not yet converted: it is
+        turned into the typed event by `events.from_data`, so a wrong kind or field fails here,
+        at the writer, instead of in a reader."""
+        if isinstance(event, str):
+            event = events.from_data(event, data, strict=True)
+        elif data:
+            raise TypeError("emit(event) takes no keyword fields with a typed event")
+        # One writer at a time, so the file's lines are in `seq` order; readers only wait for
+        # the short in-memory append, never for the disk.
+        with self._write:
+            with self._lock:
+                ev = Event(seq=len(self._events), time=time.time(), payload=event)
+                self._events.append(ev)
+                self._changed.notify_all()
+            if self.log_path is not None:
+                _append_line(self.log_path, ev.to_json() + "\n")
         return ev
 
     def message(self, text: str) -> None:
-        self.emit("message", text=text)
+        self.emit(events.Message(text))
 
     def warning(self, text: str) -> None:
-        self.emit("warning", text=text)
+        self.emit(events.Warning(text))
 
     def progress(self, done: int, total: int, **extra: Any) -> None:
-        self.emit("progress", done=done, total=total, **extra)
+        """`extra`: the other `events.Progress` fields (step, it_s, eta_s, epoch, phase, file)."""
+        self.emit(events.Progress(done, total, **extra))
 
     @property
     def stop_requested(self) -> bool:
@@ -112,11 +114,14 @@ class Job:
             self._changed.wait_for(lambda: len(self._events) > cursor or self.state.done, timeout=timeout)
         return self.events_since(cursor)
 
-    def events(self, kind: str | None = None) -> list[Event]:
+    def events(self, kind: str | type | None = None) -> list[Event]:
+        """The log so far, or only the events of one kind (its name or its class: `events.Loss`)."""
+        kind = _kind_name(kind)
         with self._lock:
             return [e for e in self._events if kind is None or e.kind == kind]
 
-    def last(self, kind: str) -> Event | None:
+    def last(self, kind: str | type) -> Event | None:
+        kind = _kind_name(kind)
         with self._lock:
             for e in reversed(self._events):
                 if e.kind == kind:
@@ -145,7 +150,7 @@ class Job:
                 self.started = time.time()
             if state.done:
                 self.ended = time.time()
-        self.emit("state", state=state.value)
+        self.emit(events.State(state.value))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -178,7 +183,7 @@ class JobRegistry:
             self._jobs[job.id] = job
             self._order.append(job.id)
             ahead = sum(1 for j in self._jobs.values() if j is not job and not j.state.done)
-        job.emit("state", state=JobState.QUEUED.value, ahead=ahead)
+        job.emit(events.State(JobState.QUEUED.value, ahead=ahead))
         self._queue.put(job)
         self._ensure_thread()
         return job
@@ -231,7 +236,7 @@ def run_job(job: Job) -> None:
     try:
         job.result = job.fn(job) if job.fn else None
         if job.result is not None:
-            job.emit("result", value=job.result)
+            job.emit(events.Result(job.result))
         job._set_state(JobState.INTERRUPTED if job.stop_requested else JobState.FINISHED)
     except JobInterrupted:
         job._set_state(JobState.INTERRUPTED)
@@ -239,8 +244,12 @@ def run_job(job: Job) -> None:
         job.error = str(e) or e.__class__.__name__
         log.warning("job %s failed: %s", job.id, job.error)
         log.debug("job %s traceback:\n%s", job.id, traceback.format_exc())
-        job.emit("error", text=job.error, type=e.__class__.__name__)
+        job.emit(events.Error(job.error, type=e.__class__.__name__))
         job._set_state(JobState.FAILED)
+
+
+def _kind_name(kind: str | type | None) -> str | None:
+    return kind if kind is None or isinstance(kind, str) else kind.kind
 
 
 def _append_line(path: Path, line: str) -> None:

@@ -79,7 +79,7 @@ def test_event_log_on_a_full_disk_keeps_whole_lines(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (400, resource.RLIM_INFINITY))
         job = Job(id="j", kind="t", title="t", log_path=Path({str(log)!r}))
         for i in range(20):
-            job.emit("message", text="x" * 30, i=i)
+            job.message(f"{{i:02d}}" + "x" * 30)
         print(len(job.events()))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -87,5 +87,5 @@ def test_event_log_on_a_full_disk_keeps_whole_lines(tmp_path):
     assert out.stdout.strip() == "20"  # the in-memory log has every event
     lines = log.read_text().splitlines()
     assert 0 < len(lines) < 20 and log.stat().st_size <= 400
-    assert [json.loads(line)["data"]["i"] for line in lines] == list(range(len(lines)))
+    assert [int(json.loads(line)["data"]["text"][:2]) for line in lines] == list(range(len(lines)))
     assert "cannot append" in out.stderr
