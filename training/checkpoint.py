@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.config import SCHEMA_KEY, ConfigError, TrainConfig
 from workspace.atomic import atomic_write_bytes
 
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 1  # the bundle's own layout; the settings inside carry their own schema version
 
 
 class CheckpointError(ValueError):
@@ -40,7 +41,7 @@ class TrainState:
     optimizer: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
     rng: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # TrainConfig.to_dict() + the trainer's own keys
     embedding_name: str = ""
     embedding_metadata: dict[str, Any] = field(default_factory=dict)
     source_path: str = ""  # the embedding file the run started from
@@ -84,7 +85,7 @@ def save_bundle(path: Path, state: TrainState) -> Path:
         "optimizer": _to_cpu(state.optimizer),
         "scaler": state.scaler,
         "rng": state.rng,
-        "settings": state.settings,
+        "settings": {SCHEMA_KEY: TrainConfig.SETTINGS_VERSION, **state.settings},  # written now: today's
         "embedding_name": state.embedding_name,
         "embedding_metadata": state.embedding_metadata,
         "source_path": state.source_path,
@@ -111,6 +112,10 @@ def load_bundle(path: Path) -> TrainState:
         raise CheckpointError(f"{path.name}: cannot read the resume bundle: {e}") from None
     if not isinstance(data, dict) or data.get("version") != BUNDLE_VERSION:
         raise CheckpointError(f"{path.name}: not a resume bundle of version {BUNDLE_VERSION}")
+    try:  # settings of an older schema come back under today's field names
+        settings = TrainConfig.migrate(data["settings"], source=path.name)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
     return TrainState(
         step=data["step"],
         epoch=data["epoch"],
@@ -120,7 +125,7 @@ def load_bundle(path: Path) -> TrainState:
         optimizer=data["optimizer"],
         scaler=data["scaler"],
         rng=data["rng"],
-        settings=data["settings"],
+        settings=settings,
         embedding_name=data["embedding_name"],
         embedding_metadata=data["embedding_metadata"],
         source_path=data.get("source_path", ""),

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.config import SCHEMA_KEY, TrainConfig
 from workspace.atomic import SaveError, atomic_write_text
 
 SETTINGS = "settings.json"
@@ -108,10 +109,15 @@ class RunFolder:
         return cls(path)
 
     def write_settings(self, settings: dict[str, Any]) -> Path:
+        """`TrainConfig.to_dict()`; settings written now are today's schema version."""
+        settings = {SCHEMA_KEY: TrainConfig.SETTINGS_VERSION, **settings}
         return atomic_write_text(self.settings_path, json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
 
     def read_settings(self) -> dict[str, Any]:
-        return json.loads(self.settings_path.read_text(encoding="utf-8"))
+        """The saved settings under today's field names, whatever version wrote them (ConfigError
+        when they cannot be read as settings). `TrainConfig.load(settings_path)` gives the config."""
+        path = self.settings_path
+        return TrainConfig.migrate(json.loads(path.read_text(encoding="utf-8")), source=path.name)
 
     # --- append-only logs -------------------------------------------------------------------------
     def append_loss(self, row: dict[str, Any]) -> None:
