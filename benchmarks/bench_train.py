@@ -40,7 +40,7 @@ def sd15_model(data_dir):
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from embeddings.embedding import CLIP_L
+    from embeddings.families import CLIP_L
     from models.base import BaseModel
     from models.load import load_base_model
 

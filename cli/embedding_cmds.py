@@ -60,6 +60,7 @@ def register_inspect_convert(sub) -> None:
 
 
 def run_inspect(args) -> int:
+    from embeddings.families import known_widths
     from embeddings.formats.report import inspect_file
 
     report = inspect_file(Path(args.file))
@@ -68,7 +69,7 @@ def run_inspect(args) -> int:
         return 0
     meta = {k: v for k, v in report["metadata"].items() if k not in ("format", "sha256")}
     widths = ", ".join(f"{k} {w}" for k, w in report["widths"].items())
-    fits = ", ".join(report["fits"]) or "no known model family (widths: sd1 768, sd2 1024, sdxl 768+1280, tiny 32)"
+    fits = ", ".join(report["fits"]) or f"no known model family (widths: {known_widths()})"
     print(f"file:     {report['file']}")
     print(f"format:   {report['format']}")
     print(f"name:     {report['name']}")

@@ -9,18 +9,9 @@ from typing import Any
 
 import torch
 
-# Text-encoder keys. They double as the tensor names in SDXL files (kohya / A1111 layout).
-CLIP_L = "clip_l"  # OpenAI CLIP ViT-L/14 text tower: SD 1.x, and SDXL's first encoder (768)
-CLIP_H = "clip_h"  # OpenCLIP ViT-H/14: SD 2.x (1024)
-CLIP_G = "clip_g"  # OpenCLIP ViT-bigG/14: SDXL's second encoder (1280)
+from embeddings.families import family_for_widths
 
 MAX_VECTORS = 75  # one 77-token CLIP chunk minus BOS and EOS
-
-FAMILY_WIDTHS: dict[str, dict[str, int]] = {
-    "sd1": {CLIP_L: 768},
-    "sd2": {CLIP_H: 1024},
-    "sdxl": {CLIP_L: 768, CLIP_G: 1280},
-}
 
 
 class EmbeddingError(ValueError):
@@ -36,17 +27,12 @@ class EmbeddingFileError(EmbeddingError):
         super().__init__(f"{self.path.name}: {reason}")
 
 
-def single_encoder_key(width: int) -> str:
-    """The encoder key for a one-tensor file, which carries no encoder name: guess from width."""
-    return CLIP_H if width == 1024 else CLIP_L
-
-
 @dataclass
 class Embedding:
     """A textual-inversion embedding.
 
-    `vectors` maps an encoder key (`clip_l`, `clip_h`, `clip_g`) to a float32 CPU tensor of shape
-    [n_vectors, width]. SD 1.x and 2.x embeddings have one entry, SDXL two with equal row counts.
+    `vectors` maps an encoder key (`clip_l`, `clip_h`, `clip_g`: see `embeddings.families`) to a
+    float32 CPU tensor of shape [n_vectors, width]. SD 1.x and 2.x embeddings have one entry, SDXL two with equal row counts.
     `metadata` holds JSON-serialisable values only (init text, base model, settings ...).
     """
 
@@ -89,11 +75,8 @@ class Embedding:
 
     @property
     def family(self) -> str | None:
-        """The model family whose widths match exactly, or None (e.g. the tiny test model)."""
-        for fam, widths in FAMILY_WIDTHS.items():
-            if widths == self.widths:
-                return fam
-        return None
+        """The published model family whose widths match exactly, or None (e.g. the tiny models)."""
+        return family_for_widths(self.widths)
 
     def fits(self, widths: dict[str, int]) -> bool:
         """Whether this embedding can be used with a model whose encoders have these widths."""

@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from embeddings.families import BUILTIN_MODELS, family_for_text_encoders
 from models.base import ModelError
-from models.load import BUILTIN_MODELS, SINGLE_FILE_SUFFIXES, hf_cache_dir
+from models.load import SINGLE_FILE_SUFFIXES, hf_cache_dir
 from workspace.datadir import DataDir
 
 BUILTIN_NOTE = "random weights, for trying the workflow"
-BUILTIN_FAMILIES = {"tiny": "sd1", "tiny-sdxl": "sdxl"}
 
 
 @dataclass
@@ -55,8 +55,8 @@ def discover_models(
     downloads) are left out; pass `skipped=[]` to learn which and why.
     """
     found = [
-        ModelInfo(name=name, spec=name, kind="builtin", family=BUILTIN_FAMILIES[name], note=BUILTIN_NOTE)
-        for name in BUILTIN_MODELS
+        ModelInfo(name=b.name, spec=b.name, kind="builtin", family=b.family, note=BUILTIN_NOTE)
+        for b in BUILTIN_MODELS.values()
     ]
     found += scan_models_folder(data_dir.models, skipped)
     found += scan_hf_cache(hf_cache or hf_cache_dir())
@@ -117,9 +117,8 @@ def folder_family(folder: Path) -> str | None:
     width = te.get("hidden_size")
     if not isinstance(width, int):
         return None
-    # The loader's rule (models.load.load_diffusers_folder): 1024 is SD 2.x, any other width an
-    # SD 1.x layout (the tiny model's 32 included), so a folder lists as the family it loads as.
-    return "sd2" if width == 1024 else "sd1"
+    # The loader's rule, so a folder lists as the family it loads as.
+    return family_for_text_encoders(width, 1)
 
 
 def _folder_size(folder: Path) -> int:

@@ -23,16 +23,18 @@ from typing import Any
 
 import torch
 
+from embeddings.families import ENCODERS, FAMILIES
 from workspace.atomic import atomic_path
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-# Where each family keeps its text encoders, and in which layout ("clip": HF/OpenAI names under
-# `text_model.`, "openclip": open_clip's `transformer.resblocks.N` with fused attention).
-TEXT_LAYOUTS: dict[str, list[tuple[str, str]]] = {
-    "sd1": [("cond_stage_model.transformer.", "clip")],
-    "sd2": [("cond_stage_model.model.", "openclip")],
-    "sdxl": [("conditioner.embedders.0.transformer.", "clip"), ("conditioner.embedders.1.model.", "openclip")],
+# Where each family keeps its text encoders, in encoder order. The layout under the prefix follows
+# the encoder (`TextEncoder.open_clip`): HF/OpenAI CLIP names under `text_model.`, or open_clip's
+# `transformer.resblocks.N` with fused attention.
+TEXT_PREFIXES: dict[str, tuple[str, ...]] = {
+    "sd1": ("cond_stage_model.transformer.",),
+    "sd2": ("cond_stage_model.model.",),
+    "sdxl": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."),
 }
 # Safetensors metadata key (and .ckpt dict key) carrying the diffusers configs of a non-standard
 # architecture (the tiny models), so the file loads without guessing. A1111 ignores it.
@@ -195,15 +197,15 @@ def components_to_ldm(
     text_encoders: list[Mapping[str, torch.Tensor]],
 ) -> dict[str, torch.Tensor]:
     """One LDM state dict from per-component (state, config) pairs, in the family's layout."""
-    layouts = TEXT_LAYOUTS.get(family)
-    if layouts is None:
+    prefixes = TEXT_PREFIXES.get(family)
+    if prefixes is None:
         raise ValueError(f"unknown model family {family!r}")
-    if len(layouts) != len(text_encoders):
-        raise ValueError(f"{family} has {len(layouts)} text encoder(s), got {len(text_encoders)}")
+    if len(prefixes) != len(text_encoders):
+        raise ValueError(f"{family} has {len(prefixes)} text encoder(s), got {len(text_encoders)}")
     out = unet_to_ldm(*unet)
     out.update(vae_to_ldm(*vae))
-    for (prefix, layout), state in zip(layouts, text_encoders, strict=True):
-        out.update(clip_to_ldm(state, prefix) if layout == "clip" else openclip_to_ldm(state, prefix))
+    for key, prefix, state in zip(FAMILIES[family].encoder_keys, prefixes, text_encoders, strict=True):
+        out.update(openclip_to_ldm(state, prefix) if ENCODERS[key].open_clip else clip_to_ldm(state, prefix))
     return out
 
 

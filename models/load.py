@@ -6,17 +6,17 @@ import json
 import os
 from pathlib import Path
 
-from embeddings.embedding import CLIP_G, CLIP_H, CLIP_L
+from embeddings.families import BUILTIN_MODELS, FAMILIES, family_for_text_encoders
 from models.base import BaseModel, ModelError
 from models.hashing import short_hash
 from workspace.datadir import DataDir
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-BUILTIN_MODELS = ("tiny", "tiny-sdxl")  # random weights, built on first use into the cache
 
 
 def load_builtin_model(name: str, data_dir: DataDir) -> BaseModel:
-    """`tiny` (SD 1.x layout) or `tiny-sdxl`: built once, then loaded like any diffusers folder."""
+    """`tiny` (SD 1.x layout) or `tiny-sdxl`: random weights, built once into the cache, then
+    loaded like any diffusers folder."""
     from models.tiny import ensure_tiny_model, ensure_tiny_sdxl_model
 
     ensure = {"tiny": ensure_tiny_model, "tiny-sdxl": ensure_tiny_sdxl_model}.get(name)
@@ -129,18 +129,13 @@ def load_diffusers_folder(
         raise ModelError(f"{folder}: cannot load as a diffusers model: {e}") from e
 
     width = text_encoders[0].get_input_embeddings().weight.shape[1]
-    if is_xl:
-        family, keys = "sdxl", (CLIP_L, CLIP_G)
-    elif width == 1024:
-        family, keys = "sd2", (CLIP_H,)
-    else:
-        family, keys = "sd1", (CLIP_L,)
+    family = family_for_text_encoders(width, len(text_encoders))
     model = BaseModel(
         name=name,
         source=source,
         location=location or str(folder),
         family=family,
-        encoder_keys=keys,
+        encoder_keys=FAMILIES[family].encoder_keys,
         tokenizers=tokenizers,
         text_encoders=text_encoders,
         unet=unet,

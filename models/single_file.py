@@ -46,25 +46,17 @@ from typing import Any
 
 import torch
 
-from embeddings.embedding import CLIP_G, CLIP_H, CLIP_L
+from embeddings.families import CLIP_G, CLIP_L, EOS_PAD, FAMILIES, FAMILY_NAMES
 from models.base import BaseModel, ModelError
 from models.hashing import short_hash
-from models.ldm_convert import CONFIG_METADATA_KEY, UNET_PREFIX, VAE_PREFIX, components_to_ldm
+from models.ldm_convert import CONFIG_METADATA_KEY, TEXT_PREFIXES, UNET_PREFIX, VAE_PREFIX, components_to_ldm
 from workspace.atomic import atomic_write_text
 from workspace.datadir import DataDir
 
 log = logging.getLogger(__name__)
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-FAMILIES = ("sd1", "sd2", "sdxl")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-ENCODER_KEYS: dict[str, tuple[str, ...]] = {"sd1": (CLIP_L,), "sd2": (CLIP_H,), "sdxl": (CLIP_L, CLIP_G)}
-# Tokenizer pad token per encoder: it matters, the UNet cross-attends to pad positions.
-PAD_TOKENS: dict[str, tuple[str, ...]] = {
-    "sd1": ("<|endoftext|>",),
-    "sd2": ("!",),
-    "sdxl": ("<|endoftext|>", "!"),
-}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
 
@@ -191,13 +183,13 @@ def detect_family(shapes: Mapping[str, Any], name: str = "checkpoint") -> str:
             "textual inversion needs the plain text-to-image model it was made from"
         )
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
-    if has("conditioner.embedders.1.model.") and has("conditioner.embedders.0.transformer."):
+    if all(has(prefix) for prefix in TEXT_PREFIXES["sdxl"]):
         return "sdxl"
-    if has("conditioner.embedders.0.model."):
+    if has("conditioner.embedders.0.model."):  # OpenCLIP-G alone, where SDXL keeps CLIP-L
         raise ModelError(f"{name}: an SDXL refiner (no CLIP-L text encoder); train on the SDXL base model instead")
-    if "cond_stage_model.model.token_embedding.weight" in shapes:
+    if TEXT_PREFIXES["sd2"][0] + "token_embedding.weight" in shapes:
         return "sd2"
-    if has("cond_stage_model.transformer."):
+    if has(TEXT_PREFIXES["sd1"][0]):
         return "sd1"
     raise ModelError(
         f"{name}: unknown layout: it has a UNet but no text encoder this app knows "
@@ -210,7 +202,7 @@ def _what_is_it(keys: list[str]) -> str:
         return "it holds no tensors"
     if any(k.startswith(("lora_", "lora_unet_", "lora_te")) or ".lora_" in k or "lora_down" in k for k in keys):
         return "it looks like a LoRA"
-    if any(k in ("emb_params", "string_to_param", "clip_l", "clip_g") or k.startswith("string_to_param") for k in keys):
+    if any(k in ("emb_params", CLIP_L, CLIP_G) or k.startswith("string_to_param") for k in keys):
         return "it looks like a textual-inversion embedding"
     if any(k.startswith(("encoder.conv_in", "decoder.conv_in", "first_stage_model.")) for k in keys):
         return "it looks like a VAE only"
@@ -265,7 +257,7 @@ def choose_prediction_type(
 def bundled_config_dir(family: str, prediction_type: str = "epsilon") -> Path:
     """The bundled diffusers config folder for a family (SD 2.x: 512-eps or 768-v)."""
     if family not in FAMILIES:
-        raise ModelError(f"unknown model family {family!r} (choose from {', '.join(FAMILIES)})")
+        raise ModelError(f"unknown model family {family!r} (choose from {', '.join(FAMILY_NAMES)})")
     name = "sd2-v" if family == "sd2" and prediction_type == "v_prediction" else family
     return CONFIGS_DIR / name
 
@@ -347,8 +339,8 @@ def family_tokenizers(family: str, cache_dir: Path) -> list[Any]:
     from models.tokenizer import load_clip_tokenizer, write_clip_tokenizer
 
     out = []
-    for pad in PAD_TOKENS[family]:
-        folder = cache_dir / "tokenizers" / ("clip" if pad == "<|endoftext|>" else "clip-pad-bang")
+    for pad in FAMILIES[family].pad_tokens:
+        folder = cache_dir / "tokenizers" / ("clip" if pad == EOS_PAD else "clip-pad-bang")
         if not (folder / "tokenizer_config.json").is_file():
             write_clip_tokenizer(folder, pad_token=pad)
         out.append(load_clip_tokenizer(folder))
@@ -380,7 +372,7 @@ def load_single_file(
     shapes = ckpt.shapes
     fam = family or detect_family(shapes, name)
     if fam not in FAMILIES:
-        raise ModelError(f"{name}: unknown model family {fam!r} (choose from {', '.join(FAMILIES)})")
+        raise ModelError(f"{name}: unknown model family {fam!r} (choose from {', '.join(FAMILY_NAMES)})")
 
     stored = ckpt.metadata.get(CONFIG_METADATA_KEY)
     stored_pred = None
@@ -411,7 +403,7 @@ def load_single_file(
         source="single-file",
         location=str(path),
         family=fam,
-        encoder_keys=ENCODER_KEYS[fam],
+        encoder_keys=FAMILIES[fam].encoder_keys,
         prediction_type=pred,
         short_hash=short_hash(path, data_dir.cache),
         random_weights=meta_random,

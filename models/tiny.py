@@ -15,18 +15,18 @@ from pathlib import Path
 
 import torch
 
+from embeddings.families import BUILTIN_MODELS, CLIP_G, CLIP_L, FAMILIES
 from models.tokenizer import write_clip_tokenizer
 
-TINY_NAME = "tiny"
+TINY = BUILTIN_MODELS["tiny"]
+TINY_SDXL = BUILTIN_MODELS["tiny-sdxl"]
 TINY_SEED = 20221002
 TINY_VERSION = 1  # bump when the architecture below changes; old caches are rebuilt
-
-TEXT_WIDTH = 32
-
-TINY_SDXL_NAME = "tiny-sdxl"
 TINY_SDXL_VERSION = 1
-TEXT_WIDTH_2 = 64
-BUILTIN_NOTE = "random weights, for trying the workflow"
+
+TEXT_WIDTH = TINY.widths[CLIP_L]
+TEXT_WIDTH_2 = TINY_SDXL.widths[CLIP_G]
+SDXL_PADS = FAMILIES[TINY_SDXL.family].pad_tokens
 
 
 def tiny_vae(seed: int, scaling_factor: float = 0.18215):
@@ -112,8 +112,9 @@ def tiny_sdxl_components(seed: int = TINY_SEED) -> dict:
             pad_token_id=pad_token_id,
         )
 
+    # pad_token_id: the CLIP vocabulary ids of the family's pad tokens, "<|endoftext|>" and "!".
     torch.manual_seed(seed + 10)
-    text_encoder = CLIPTextModel(text_config(TEXT_WIDTH, "quick_gelu", 49407))
+    text_encoder = CLIPTextModel(text_config(TINY_SDXL.widths[CLIP_L], "quick_gelu", 49407))
     torch.manual_seed(seed + 11)
     text_encoder_2 = CLIPTextModelWithProjection(text_config(TEXT_WIDTH_2, "gelu", 0))
     torch.manual_seed(seed + 12)
@@ -127,7 +128,7 @@ def tiny_sdxl_components(seed: int = TINY_SEED) -> dict:
         transformer_layers_per_block=(1, 1, 2),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_WIDTH + TEXT_WIDTH_2,
+        cross_attention_dim=sum(TINY_SDXL.widths.values()),
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=time_dim,
@@ -152,12 +153,12 @@ def tiny_sdxl_components(seed: int = TINY_SEED) -> dict:
 
 def ensure_tiny_model(cache_dir: Path) -> Path:
     """Build the tiny model folder under `cache_dir/models/tiny` if it is missing or stale."""
-    return _ensure_builtin(cache_dir, TINY_NAME, TINY_VERSION, _save_tiny)
+    return _ensure_builtin(cache_dir, TINY.name, TINY_VERSION, _save_tiny)
 
 
 def ensure_tiny_sdxl_model(cache_dir: Path) -> Path:
     """Build the tiny SDXL folder under `cache_dir/models/tiny-sdxl` if it is missing or stale."""
-    return _ensure_builtin(cache_dir, TINY_SDXL_NAME, TINY_SDXL_VERSION, _save_tiny_sdxl)
+    return _ensure_builtin(cache_dir, TINY_SDXL.name, TINY_SDXL_VERSION, _save_tiny_sdxl)
 
 
 def _save_tiny(staging: Path) -> None:
@@ -184,7 +185,7 @@ def _save_tiny_sdxl(staging: Path) -> None:
     from models.tokenizer import load_clip_tokenizer
 
     write_clip_tokenizer(staging / "tokenizer")
-    write_clip_tokenizer(staging / "tokenizer_2", pad_token="!")
+    write_clip_tokenizer(staging / "tokenizer_2", pad_token=SDXL_PADS[1])
     pipe = StableDiffusionXLPipeline(
         tokenizer=load_clip_tokenizer(staging / "tokenizer"),
         tokenizer_2=load_clip_tokenizer(staging / "tokenizer_2"),
@@ -192,7 +193,7 @@ def _save_tiny_sdxl(staging: Path) -> None:
     )
     pipe.save_pretrained(staging, safe_serialization=True)
     write_clip_tokenizer(staging / "tokenizer")
-    write_clip_tokenizer(staging / "tokenizer_2", pad_token="!")
+    write_clip_tokenizer(staging / "tokenizer_2", pad_token=SDXL_PADS[1])
 
 
 def _ensure_builtin(cache_dir: Path, name: str, version: int, save) -> Path:

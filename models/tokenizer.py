@@ -1,7 +1,7 @@
 """The real CLIP BPE tokenizer, built offline from the vocabulary open_clip_torch ships.
 
-All SD families share OpenAI's CLIP vocabulary; only the pad token differs (SD 2.x and SDXL's
-second encoder pad with "!", id 0). Writing vocab.json + merges.txt once lets transformers'
+All SD families share OpenAI's CLIP vocabulary; only the pad token differs per text encoder
+(`embeddings.families.ENCODERS`; "!" is id 0). Writing vocab.json + merges.txt once lets transformers'
 `CLIPTokenizer` load it like any hub tokenizer folder.
 """
 
@@ -13,6 +13,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from embeddings.families import EOS_PAD
 from workspace.atomic import atomic_write_text
 
 CLIP_VOCAB_SIZE = 49408
@@ -43,7 +44,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
-def write_clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> Path:
+def write_clip_tokenizer(folder: Path, pad_token: str = EOS_PAD) -> Path:
     """Write a CLIPTokenizer folder (vocab.json, merges.txt, configs). Idempotent."""
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "vocab.json").is_file() or not (folder / "merges.txt").is_file():

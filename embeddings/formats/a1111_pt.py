@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from embeddings.embedding import CLIP_G, CLIP_L, Embedding, EmbeddingFileError
+from embeddings.embedding import Embedding, EmbeddingFileError
+from embeddings.families import CLIP_G, CLIP_L
 from embeddings.formats.layouts import A1111_TOKEN_ID, check_writable, classify, single_tensor
 from workspace.atomic import atomic_write_bytes
 

@@ -24,15 +24,16 @@ from pathlib import Path
 
 import torch
 
-from embeddings.embedding import CLIP_G, CLIP_L, Embedding, EmbeddingError, EmbeddingFileError
+from embeddings.embedding import Embedding, EmbeddingError, EmbeddingFileError
+from embeddings.families import CLIP_G, CLIP_L, FAMILIES
 from embeddings.formats.a1111_pt import pickle_bytes
 from embeddings.formats.layouts import check_writable, single_tensor
 from embeddings.formats.safetensors_format import encode_header, safetensors_bytes
 from workspace.atomic import atomic_write_bytes
 
 PAIR_SUFFIX = "_2"
-SDXL_L_WIDTH = 768
-SDXL_G_WIDTH = 1280
+SDXL_L_WIDTH = FAMILIES["sdxl"].widths[CLIP_L]
+SDXL_G_WIDTH = FAMILIES["sdxl"].widths[CLIP_G]
 DIFFUSERS_SUFFIXES = (".bin", ".safetensors")
 
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from embeddings.embedding import CLIP_G, CLIP_L, Embedding, EmbeddingError, EmbeddingFileError, single_encoder_key
+from embeddings.embedding import Embedding, EmbeddingError, EmbeddingFileError
+from embeddings.families import CLIP_G, CLIP_L, single_encoder_key
 
 A1111_TOKEN_ID = 265  # CLIP id of "*</w>"; A1111 and the original TI repo always write it
 KOHYA_KEY = "emb_params"

@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from embeddings.embedding import CLIP_G, CLIP_L, Embedding, EmbeddingError, EmbeddingFileError
+from embeddings.embedding import Embedding, EmbeddingError, EmbeddingFileError
+from embeddings.families import CLIP_G, CLIP_L
 from embeddings.formats.a1111_pt import a1111_dict, sdxl_dict
 from embeddings.formats.layouts import check_writable, classify, writable_metadata
 from workspace.atomic import atomic_write_with

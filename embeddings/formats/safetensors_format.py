@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from embeddings.embedding import CLIP_G, CLIP_L, Embedding, EmbeddingFileError
+from embeddings.embedding import Embedding, EmbeddingFileError
+from embeddings.families import CLIP_G, CLIP_L
 from embeddings.formats.layouts import KOHYA_KEY, check_writable, classify, single_tensor, writable_metadata
 from workspace.atomic import atomic_write_bytes
 
