@@ -419,6 +419,12 @@ def restore_settings(ctx: AppContext, names: list[str], embedding: str) -> tuple
     if not isinstance(settings, dict) or not settings:
         return [gr.skip() for _ in names], ("" if emb is None else f"{embedding} has not been trained yet "
                                                                    f"(step {emb.step}): defaults kept.")
+    from training.config import ConfigError, TrainConfig
+
+    try:  # any schema version: older settings come back under today's field names
+        settings = TrainConfig.from_saved(settings, ignore_unknown=True).to_dict()
+    except ConfigError as e:
+        return [gr.skip() for _ in names], f"Settings of **{embedding}** cannot be restored: {short(str(e))}"
     settings = {**settings, "embedding": embedding}
     return config_to_form_values(names, settings), f"Settings restored from **{embedding}** (step {emb.step})."
 
