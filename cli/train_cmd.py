@@ -18,6 +18,7 @@ from typing import Any
 
 from cli import CliError
 from cli.common import data_dir
+from jobs.view import JobView, fold
 
 # flag -> TrainConfig field, for the common settings (everything else: --set key=value)
 FLAGS: dict[str, tuple[str, type]] = {
@@ -110,95 +111,131 @@ def run(args) -> int:
 
 
 def follow(job, bar: bool = True) -> int:
-    """Print a job's events until it ends; Ctrl-C requests a clean stop (twice: leave now)."""
-    from tqdm import tqdm
+    """Print a job's events until it ends; Ctrl-C requests a clean stop (twice: leave now).
 
-    from jobs.registry import JobState
-
-    progress = None
+    The events are folded into the job's view one at a time (so lines keep the log's order) and
+    the printer shows what each one added: the same view the Train tab draws."""
+    view = JobView(title=job.title)
+    printer = ViewPrinter(bar)
     cursor = 0
     stopping = False
-    out = tqdm.write if bar else print
     while True:
         try:
-            events, cursor = job.wait_events(cursor, timeout=0.5)
+            new, cursor = job.wait_events(cursor, timeout=0.5)
         except KeyboardInterrupt:
             if stopping:
                 print("interrupted again: leaving without waiting for the save", file=sys.stderr)
                 return 130
             stopping = True
-            out("stopping after the current step and saving a resumable snapshot (Ctrl-C again to leave now)")
+            printer.out("stopping after the current step and saving a resumable snapshot (Ctrl-C again to leave now)")
             job.request_stop()
             continue
-        for ev in events:
-            d = ev.data
-            if ev.kind == "progress" and d.get("phase") is None:
-                if bar and progress is None:
-                    progress = tqdm(total=d["total"], unit="step", dynamic_ncols=True)
-                if progress is not None:
-                    progress.n = d["done"]
-                    progress.set_postfix_str(f"step {d.get('step')} epoch {d.get('epoch')}", refresh=False)
-                    progress.refresh()
-            elif ev.kind == "loss" and not bar and d["step"] % 10 == 0:
-                out(f"step {d['step']}: loss {d['loss']:.4f} (smoothed {d['smoothed']:.4f}) lr {d['lr']:g}")
-            elif ev.kind == "loss" and progress is not None:
-                progress.set_postfix_str(f"loss {d['smoothed']:.4f} lr {d['lr']:g}", refresh=False)
-            elif ev.kind in ("message", "warning"):
-                out(("warning: " if ev.kind == "warning" else "") + d["text"])
-            elif ev.kind == "eval":
-                out(f"step {d['step']}: eval loss {d['loss']:.5f}")
-            elif ev.kind == "preview":
-                out(f"preview: {d['path']}")
-            elif ev.kind == "error":
-                out(f"error: {d['text']}")
-        if job.state.done and not events:
+        for event in new:
+            printer.show(fold(view, (event,)))
+        if job.state.done and not new:
             break
-    if progress is not None:
-        progress.close()
-    result = job.result or {}
-    if job.state == JobState.FAILED:
+    printer.close()
+    result = view.result if isinstance(view.result, dict) else {}
+    if view.state == "failed":
         return 1
     if result.get("run_dir"):
         print(f"run folder: {result['run_dir']}")
-    if job.state == JobState.INTERRUPTED:
+    if view.state == "interrupted":
         if result.get("run_dir"):
             print(f"resume with: python app.py train --resume {result['run_dir']}")
         return 130
     return 0
 
 
+class ViewPrinter:
+    """Shows a growing job view on a terminal: a tqdm bar over the training steps, and a line per
+    message, warning, error, evaluation and preview; without the bar, the loss every 10 steps."""
+
+    def __init__(self, bar: bool = True) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm if bar else None
+        self.out = tqdm.write if bar else print
+        self.bar = None
+        self._progress = None
+        self._losses, self._notes, self._evals, self._previews = _Tail(), _Tail(), _Tail(), _Tail()
+
+    def show(self, view: JobView) -> None:
+        """Print what was added to `view` since the last call."""
+        p = view.progress
+        if p is not self._progress:
+            self._progress = p
+            if p is not None and p.phase is None:  # the training loop (not the latent cache)
+                if self._tqdm is not None and self.bar is None:
+                    self.bar = self._tqdm(total=p.total, unit="step", dynamic_ncols=True)
+                if self.bar is not None:
+                    self.bar.n = p.done
+                    self.bar.set_postfix_str(f"step {p.step} epoch {p.epoch}", refresh=False)
+                    self.bar.refresh()
+        for loss in self._losses.new(view.losses):
+            if self._tqdm is None and loss.step % 10 == 0:
+                self.out(f"step {loss.step}: loss {loss.loss:.4f} (smoothed {loss.smoothed:.4f}) lr {loss.lr:g}")
+            elif self.bar is not None:
+                self.bar.set_postfix_str(f"loss {loss.smoothed:.4f} lr {loss.lr:g}", refresh=False)
+        for note in self._notes.new(view.notes):
+            self.out({"warning": "warning: ", "error": "error: "}.get(note.level, "") + note.text)
+        for e in self._evals.new(view.evals):
+            self.out(f"step {e.step}: eval loss {e.loss:.5f}")
+        for preview in self._previews.new(view.previews):
+            self.out(f"preview: {preview.path}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _Tail:
+    """Which items of a view's list were shown: how many, and the last one, to notice a list that
+    went back (a step logged again in a resumed run's log replaces the points from it on)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: Any = None
+
+    def new(self, items: list) -> list:
+        if self.count and (self.count > len(items) or items[self.count - 1] is not self.last):
+            self.count = max(0, len(items) - 1)  # went back: the newest point is the new one
+        fresh = items[self.count:]
+        self.count, self.last = len(items), (items[-1] if items else None)
+        return fresh
+
+
 def _run_distributed(args, dd, dist) -> int:
-    """Every process runs the loop; the main one creates the run folder and prints."""
+    """Every process runs the loop; the main one plans the run (creates or resumes the folder, as
+    the worker path does) and tells the others, and only it writes the event log and prints."""
+    import threading
     from pathlib import Path
 
     import torch.distributed as tdist
 
     from jobs.registry import Job, run_job
-    from models.cache import get_model
     from training.config import TrainConfig
     from training.run_folder import RunFolder
-    from training.trainer import train
+    from training.service import RunPlan, execute, plan_resume, plan_start
 
     try:
-        if args.resume:
-            run_folder = RunFolder(Path(args.resume))
-            config = TrainConfig.load(run_folder.settings_path).replace(**_overrides(args))
-        else:
-            config = build_config(args)
-            holder = [None]
-            if dist.is_main:
-                folder = RunFolder.create(dd.runs, Path(config.embedding).stem, config.run_name)
-                config.save(folder.settings_path)
-                holder = [str(folder.path)]
-            tdist.broadcast_object_list(holder, src=0)
-            run_folder = RunFolder(Path(holder[0]))
-        model = get_model(config.model, dd)
-        job = Job(id=f"train-rank{dist.rank}", kind="train", title="train",
-                  log_path=run_folder.events_path if dist.is_main else None)
-        job.fn = lambda j: train(config, model, dd, j, run=run_folder, resume=bool(args.resume), dist=dist)
+        holder: list[Any] = [None]
         if dist.is_main:
-            import threading
-
+            try:
+                plan = plan_resume(args.resume, dd, **_overrides(args)) if args.resume else plan_start(
+                    build_config(args), dd)
+                holder = [(plan.config.to_dict(), str(plan.run.path), plan.resume)]
+            except Exception as e:
+                holder = [e]
+        tdist.broadcast_object_list(holder, src=0)
+        if isinstance(holder[0], Exception):
+            raise holder[0]
+        values, run_path, resume = holder[0]
+        plan = RunPlan(TrainConfig.from_dict(values), RunFolder(Path(run_path)), resume)
+        job = Job(id=f"train-rank{dist.rank}", kind="train", title="train",
+                  log_path=plan.run.events_path if dist.is_main else None)
+        job.fn = lambda j: execute(plan, dd, j, dist=dist)
+        if dist.is_main:
             worker = threading.Thread(target=run_job, args=(job,), daemon=True)
             worker.start()
             code = follow(job, bar=not args.no_bar)

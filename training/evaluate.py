@@ -8,11 +8,13 @@ training images better. It is also the proof, in the tests, that training really
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 
 import torch
 
-from training.loss import denoise_loss
+from training.dataset import PromptBuilder
+from training.loss import denoise_loss, sdxl_time_ids
 
 
 class Evaluator:
@@ -62,3 +64,18 @@ class Evaluator:
                 )
             total += float(loss)
         return total / max(1, len(self.items))
+
+
+def build_evaluator(config, model, encoder, noise_scheduler, cache, records, lines, name, opts, plan) -> Evaluator:
+    """The run's evaluator: the first `eval_images` images with prompts built by a generator of its
+    own (so evaluation never shifts the training prompts' random stream)."""
+    count = min(config.eval_images, len(records))
+    builder = PromptBuilder(lines, name, opts, random.Random(config.seed + 31337))
+    prompts = [builder.build(records[i].caption) for i in range(count)]
+    latents = [cache.entries[(i, False)].mean for i in range(count)]
+    time_ids = None
+    if model.family == "sdxl":
+        time_ids = [sdxl_time_ids([(records[i].height, records[i].width)], lat.shape[-2:], model.vae_scale_factor,
+                                  plan.device)[0] for i, lat in enumerate(latents)]
+    return Evaluator(model, encoder, noise_scheduler, latents, prompts, name, plan=plan, seed=config.seed,
+                     added_time_ids=time_ids)

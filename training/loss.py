@@ -39,3 +39,11 @@ def denoise_loss(
     if weight is not None:
         err = err * weight.float()
     return err.mean()
+
+
+def sdxl_time_ids(sizes: list[tuple[int, int]], latent_hw: tuple[int, int], vae_scale_factor: int,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """SDXL's micro-conditioning, [B, 6]: each image's original (height, width), the crop's top-left
+    (0, 0: the dataset never crops after bucketing), and the target size the latents decode to."""
+    h, w = latent_hw[0] * vae_scale_factor, latent_hw[1] * vae_scale_factor
+    return torch.tensor([[oh, ow, 0, 0, h, w] for oh, ow in sizes], dtype=torch.float32, device=device)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from embeddings.embedding import Embedding
+from training.templates import render
 from workspace.atomic import atomic_path
 
 SCHEDULER_CLASSES = {
@@ -79,3 +80,16 @@ def render_preview(model, embedding: Embedding, spec: PreviewSpec, path: Path, *
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
     return path
+
+
+def preview_specs(config, model, first_line: str, name: str, first_caption: str,
+                  latent_hw: tuple[int, int]) -> list[PreviewSpec]:
+    """Every preview of a run: each prompt (or the template's first line) × each seed. The size is
+    the form's, else the size of the training latents (the model's native size for this data)."""
+    if not config.preview_every:
+        return []
+    prompts = config.preview_prompts or [render(first_line, name, first_caption)]
+    width = config.preview_width or latent_hw[1] * model.vae_scale_factor
+    height = config.preview_height or latent_hw[0] * model.vae_scale_factor
+    return [PreviewSpec(p, config.preview_negative, s, config.preview_steps, config.preview_cfg, width, height,
+                        config.preview_scheduler) for p in prompts for s in config.preview_seeds]

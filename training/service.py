@@ -9,36 +9,70 @@ share one loaded copy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jobs.registry import Job, JobRegistry
 from models.cache import get_model
 from training.config import TrainConfig
+from training.distributed import DistContext
 from training.run_folder import RunFolder, list_runs
 from workspace.datadir import DataDir
 
 
-def start_training(registry: JobRegistry, config: TrainConfig, data_dir: DataDir) -> Job:
-    """Queue a training run. The job's first events say whether it waits behind other jobs."""
+@dataclass(frozen=True)
+class RunPlan:
+    """A run about to be started or resumed: its settings, its folder, and whether it resumes.
+
+    Made by `plan_start` / `plan_resume`; both the worker job (UI, `app.py train`) and the
+    data-parallel launcher run it with `execute`, so they cannot start or resume differently."""
+
+    config: TrainConfig
+    run: RunFolder
+    resume: bool
+
+
+def plan_start(config: TrainConfig, data_dir: DataDir) -> RunPlan:
+    """Validate (bad schedule syntax is an error now, not an hour later), create the run folder
+    and save the settings in it."""
     config.validate()
-    name = Path(config.embedding).stem if config.embedding else "embedding"
-    run = RunFolder.create(data_dir.ensure().runs, name, config.run_name)
+    run = RunFolder.create(data_dir.ensure().runs, _embedding_stem(config), config.run_name)
     config.save(run.settings_path)
-    return _submit(registry, config, data_dir, run, resume=False, title=f"train {name} ({run.name})")
+    return RunPlan(config, run, resume=False)
 
 
-def resume_training(registry: JobRegistry, run_dir: str | Path, data_dir: DataDir, **overrides: Any) -> Job:
+def plan_resume(run_dir: str | Path, data_dir: DataDir, **overrides: Any) -> RunPlan:
     """Continue a run from its resume bundle (exact), with optional setting changes such as
-    `max_steps=...`. Without a bundle the run's latest embedding continues with a fresh optimizer."""
+    `max_steps=...`. Without a bundle the run's latest embedding continues in a new run folder
+    with a fresh optimizer."""
     run = RunFolder(Path(run_dir))
     config = TrainConfig.load(run.settings_path)
     if overrides:
         config = config.replace(**overrides)
     if run.bundle_path.is_file():
-        return _submit(registry, config, data_dir, run, resume=True, title=f"resume {run.name}")
-    config = config.replace(run_name="")
-    return start_training(registry, config, data_dir)
+        config.validate()
+        return RunPlan(config, run, resume=True)
+    return plan_start(config.replace(run_name=""), data_dir)
+
+
+def execute(plan: RunPlan, data_dir: DataDir, job: Job, dist: DistContext | None = None) -> dict[str, Any]:
+    """Load the base model (from the process-wide cache) and run the loop."""
+    from training.trainer import train
+
+    job.message(f"loading base model {plan.config.model}")
+    model = get_model(plan.config.model, data_dir)
+    return train(plan.config, model, data_dir, job, run=plan.run, resume=plan.resume, dist=dist)
+
+
+def start_training(registry: JobRegistry, config: TrainConfig, data_dir: DataDir) -> Job:
+    """Queue a training run. The job's first events say whether it waits behind other jobs."""
+    return submit(registry, plan_start(config, data_dir), data_dir)
+
+
+def resume_training(registry: JobRegistry, run_dir: str | Path, data_dir: DataDir, **overrides: Any) -> Job:
+    """Queue the continuation of a run (see `plan_resume`)."""
+    return submit(registry, plan_resume(run_dir, data_dir, **overrides), data_dir)
 
 
 def interrupt(job: Job) -> None:
@@ -51,18 +85,16 @@ def runs(data_dir: DataDir) -> list[dict[str, Any]]:
     return [r.describe() for r in list_runs(data_dir.runs)]
 
 
-def _submit(registry: JobRegistry, config: TrainConfig, data_dir: DataDir, run: RunFolder, *, resume: bool,
-            title: str) -> Job:
-    def work(job: Job) -> dict[str, Any]:
-        from training.trainer import train
-
-        job.message(f"loading base model {config.model}")
-        model = get_model(config.model, data_dir)
-        return train(config, model, data_dir, job, run=run, resume=resume)
-
+def submit(registry: JobRegistry, plan: RunPlan, data_dir: DataDir) -> Job:
+    """Queue `plan` on the worker; its events.jsonl is the job's log from the first event."""
     ahead = len(registry.active())
-    job = registry.submit("train", title, work, log_path=run.events_path)
+    title = f"resume {plan.run.name}" if plan.resume else f"train {_embedding_stem(plan.config)} ({plan.run.name})"
+    job = registry.submit("train", title, lambda job: execute(plan, data_dir, job), log_path=plan.run.events_path)
     if ahead:
         job.message(f"queued: waiting for {ahead} job(s) ahead of this one")
-    job.emit("files", step=None, paths=[str(run.path)], what="run folder")
+    job.emit("files", step=None, paths=[str(plan.run.path)], what="run folder")
     return job
+
+
+def _embedding_stem(config: TrainConfig) -> str:
+    return Path(config.embedding).stem if config.embedding else "embedding"
