@@ -2,8 +2,9 @@
 
 The form is generated from `TrainConfig`'s fields, so a new option appears here (in "Advanced")
 the day the training engineers add it, and what the form fills is exactly what the CLI reads.
-The live view is a `gr.Timer` that reads the job's event log by cursor: the run belongs to the
-server, not to the page, so reloading or opening a second tab re-attaches to it.
+The live view is a `gr.Timer` that reads the job's event log by cursor, folded into the job's view
+(jobs.view, the same view `app.py train` prints): the run belongs to the server, not to the page,
+so reloading or opening a second tab re-attaches to it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from jobs import events
+from jobs.view import JobView, ViewCache, view_of
 from training.config_text import FIELD_TEXT
 from ui.common import FieldText, fail, field_text, fmt_seconds, grouped_fields, short, user_errors, widget_for_field
 from ui.state import AppContext
@@ -236,92 +239,78 @@ def current_job(ctx: AppContext):
     return jobs[-1] if jobs else None
 
 
-def live_view(job) -> LiveView:
-    """Everything the page shows about a run, rebuilt from its event log (reload-safe)."""
-    if job is None:
-        return LiveView("No training run yet.", 0.0, _empty_loss(), _empty_norms(), [], "", [], False)
-    events = job.events()
-    loss_rows, norm_rows, previews, warnings, downloads = [], [], [], [], {}
-    prog = None
-    queued_ahead = None
-    for ev in events:
-        d = ev.data
-        if ev.kind == "progress":
-            prog = d
-        elif ev.kind == "loss":
-            loss_rows.append((d.get("step"), d.get("loss"), "loss"))
-            if d.get("smoothed") is not None:
-                loss_rows.append((d.get("step"), d.get("smoothed"), "smoothed"))
-        elif ev.kind == "norms":
-            norms = d.get("norms") or {}
-            items = norms.items() if isinstance(norms, dict) else [("v", norms)]
-            for key, vals in items:
-                vals = vals if isinstance(vals, (list, tuple)) else [vals]
-                for i, v in enumerate(vals):
-                    norm_rows.append((d.get("step"), float(v), f"{key}[{i}]" if len(items) > 1 else f"v{i}"))
-        elif ev.kind == "preview" and d.get("path"):
-            previews.append((str(d["path"]), f"step {d.get('step', '?')}" + (f" · {d['prompt']}" if d.get("prompt") else "")))
-        elif ev.kind == "warning":
-            warnings.append(str(d.get("text", "")))
-        elif ev.kind == "error":
-            warnings.append("Error: " + str(d.get("text", "")))
-        elif ev.kind == "files" and d.get("what") != "run folder":
-            for p in _paths(d):
-                if Path(p).name != BUNDLE:  # the resume bundle is not an embedding to download
-                    downloads[Path(p).suffix.lower()] = p
-        elif ev.kind == "state" and d.get("state") == "queued":
-            queued_ahead = d.get("ahead")
-    state = job.state.value
-    title = f"**{job.title}** — {state}"
-    if state == "queued":
-        title += f" (waiting for {queued_ahead or 1} job(s) ahead to finish)"
-    progress = 0.0
-    if prog:
-        done, total = int(prog.get("done", 0)), int(prog.get("total", 0) or 0)
-        progress = done / total if total else 0.0
-        it_s = prog.get("it_s")
-        title += (f" · step {done}/{total}" + (f" · {it_s:.2f} it/s" if isinstance(it_s, (int, float)) else "")
-                  + f" · ETA {fmt_seconds(prog.get('eta_s'))}")
-    if job.error:
-        title += f"\n\n**Failed:** {short(job.error)}"
-    loss = pd.DataFrame(_thin(loss_rows), columns=["step", "loss", "series"]) if loss_rows else _empty_loss()
-    norms = pd.DataFrame(_thin(norm_rows), columns=["step", "norm", "vector"]) if norm_rows else _empty_norms()
-    warn = "\n".join(f"- ⚠ {short(w)}" for w in warnings[-20:])
-    return LiveView(title, progress, loss, norms, previews[-24:], warn, list(downloads.values()),
-                    not job.state.done)
+def live_view(view: JobView | None) -> LiveView:
+    """Everything the page shows about a run, drawn from the one folded view of its events."""
+    if view is None:
+        return LiveView("No training run yet.", 0.0, None, None, [], "", [], False)
+    return LiveView(status_markdown(view), view.fraction, loss_frame(view), norm_frame(view), preview_items(view),
+                    warnings_markdown(view), downloads(view), not view.done)
+
+
+def status_markdown(view: JobView) -> str:
+    text = f"**{view.title}** — {view.state}"
+    if view.state == "queued":
+        text += f" (waiting for {view.ahead or 1} job(s) ahead to finish)"
+    p = view.progress
+    if p is not None:
+        text += (f" · step {p.done}/{p.total}" + (f" · {p.it_s:.2f} it/s" if p.it_s is not None else "")
+                 + f" · ETA {fmt_seconds(p.eta_s)}")
+    if view.error:
+        text += f"\n\n**Failed:** {short(view.error)}"
+    return text
+
+
+def warnings_markdown(view: JobView) -> str:
+    lines = [("Error: " if n.level == "error" else "") + n.text for n in view.notes if n.level != "message"]
+    return "\n".join(f"- ⚠ {short(w)}" for w in lines[-20:])
+
+
+# A LinePlot gets None, not an empty DataFrame, while there is nothing to draw: Gradio 6.31's
+# LinePlot fixes its colour legend from the first value it draws, so starting from an empty frame
+# leaves every later line invisible.
+def loss_frame(view: JobView) -> pd.DataFrame | None:
+    series = view.loss_series()
+    return _frame({name: series[name] for name in ("loss", "smoothed")}, ["step", "loss", "series"])
+
+
+def norm_frame(view: JobView) -> pd.DataFrame | None:
+    return _frame(view.norm_series(), ["step", "norm", "vector"])
+
+
+def _frame(series: dict[str, list[tuple[int, float]]], columns: list[str]) -> pd.DataFrame | None:
+    """Rows (step, value, series name), each series thinned to its share of MAX_PLOT_POINTS (so
+    a long run keeps every line, not every n-th row of all of them)."""
+    share = max(2, MAX_PLOT_POINTS // max(1, len(series)))
+    rows = [(step, value, name) for name, points in series.items() for step, value in _thin(points, share)]
+    rows.sort(key=lambda row: row[0])  # by step; stable, so each step's series keep their order
+    return pd.DataFrame(rows, columns=columns) if rows else None
+
+
+def preview_items(view: JobView) -> list[tuple[str, str]]:
+    return [(p.path, f"step {p.step}" + (f" · {p.prompt}" if p.prompt else "")) for p in view.previews[-24:]]
+
+
+def downloads(view: JobView) -> list[str]:
+    """The latest file of each format written so far (snapshots, PNG embeddings, the final ones),
+    leaving out the resume bundle, which is not an embedding."""
+    latest: dict[str, str] = {}
+    for files in view.files:
+        if files.what == events.Files.RUN_FOLDER:
+            continue
+        for p in files.paths:
+            if Path(p).name != BUNDLE and Path(p).is_file():
+                latest[Path(p).suffix.lower()] = p
+    return list(latest.values())
 
 
 BUNDLE = "resume.pt"  # training.run_folder.BUNDLE, kept here so the view needs no torch import
 
 
-def _paths(d: dict[str, Any]) -> list[str]:
-    out = []
-    for key in ("path", "paths", "files"):
-        v = d.get(key)
-        if isinstance(v, str):
-            out.append(v)
-        elif isinstance(v, dict):
-            out.extend(str(x) for x in v.values())
-        elif isinstance(v, (list, tuple)):
-            out.extend(str(x) for x in v)
-    return [p for p in out if Path(p).is_file()]
-
-
-def _thin(rows: list[tuple]) -> list[tuple]:
-    if len(rows) <= MAX_PLOT_POINTS:
+def _thin(rows: list, limit: int = MAX_PLOT_POINTS) -> list:
+    if len(rows) <= limit:
         return rows
-    stride = math.ceil(len(rows) / MAX_PLOT_POINTS)
+    stride = math.ceil(len(rows) / limit)
     return rows[::stride] + [rows[-1]]
-
-
-def _empty_loss() -> None:
-    # None, not an empty DataFrame: Gradio 6.31's LinePlot fixes its colour legend from the first
-    # value it draws, so starting from an empty frame leaves every later line invisible.
-    return None
-
-
-def _empty_norms() -> None:
-    return None
 
 
 def _view_outputs(v: LiveView) -> list[Any]:
@@ -395,11 +384,9 @@ def _last_run_folder(ctx: AppContext) -> Path:
     """The run folder of the latest training job that left a resume bundle (a job stopped while
     still queued leaves none); its first "files" event names the folder."""
     for job in reversed(ctx.registry.jobs("train")):
-        for ev in job.events("files"):
-            if ev.data.get("what") == "run folder" and ev.data.get("paths"):
-                folder = Path(ev.data["paths"][0])
-                if (folder / BUNDLE).is_file():
-                    return folder
+        folder = view_of(job.events(events.Files)).run_folder
+        if folder and (Path(folder) / BUNDLE).is_file():
+            return Path(folder)
     from training.run_folder import list_runs
 
     for run in list_runs(ctx.data.runs):
@@ -542,6 +529,8 @@ def build(ctx: AppContext, demo=None):
 
     resume_btn.click(resume_fn, None, action_md, api_name="resume", concurrency_id="train_ctl", concurrency_limit=1)
 
+    views = ViewCache()  # one folded view per job, shared by every open tab
+
     def poll(cur):
         job = current_job(ctx)
         if job is None:
@@ -551,16 +540,15 @@ def build(ctx: AppContext, demo=None):
             new_events, _ = job.events_since(cur[1])
             if not new_events:
                 return [gr.skip()] * 7 + [cur]  # nothing new: no bytes go to the browser
-        _, seen = job.events_since(0)
-        v = live_view(job)
+        view = views.get(job)
         now = time.monotonic()
-        charts_due = not same_job or not v.running or now - cur[2] >= CHART_SECONDS
+        charts_due = not same_job or view.done or now - cur[2] >= CHART_SECONDS
         if not charts_due:
             # Redrawing the charts and gallery costs the browser far more than the status line;
             # on a small machine that CPU is taken from training. Status every tick, charts less often.
-            return [v.status, progress_html(v.progress), gr.skip(), gr.skip(), gr.skip(), v.warnings, gr.skip(),
-                    (job.id, seen, cur[2])]
-        return [*_view_outputs(v), (job.id, seen, now)]
+            return [status_markdown(view), progress_html(view.fraction), gr.skip(), gr.skip(), gr.skip(),
+                    warnings_markdown(view), gr.skip(), (job.id, view.seen, cur[2])]
+        return [*_view_outputs(live_view(view)), (job.id, view.seen, now)]
 
     timer.tick(poll, cursor, [status_md, bar, loss_plot, norm_plot, gallery, warn_md, downloads, cursor],
                api_name="poll", api_visibility="undocumented", show_progress="hidden", concurrency_limit=None)
