@@ -7,6 +7,7 @@ import threading
 
 from cli import CliError
 from cli.common import data_dir, print_json
+from jobs.view import JobView, fold
 
 
 def register(sub) -> None:
@@ -118,24 +119,25 @@ def run(args) -> int:
 
 
 def _follow(job, worker: threading.Thread, quiet: bool) -> list[str]:
-    """Print the job's events until it ends; Ctrl-C asks the job to stop and waits for it."""
+    """Show the job's view (jobs.view) until it ends and return its warnings, oldest first;
+    Ctrl-C asks the job to stop and waits for it."""
     from tqdm import tqdm
 
     bar = None if quiet else tqdm(total=0, unit="img", desc="preprocess")
-    warnings: list[str] = []
+    view = JobView(title=job.title)
     cursor = 0
     try:
         while True:
             try:
-                events, cursor = job.wait_events(cursor, timeout=0.5)
-                for ev in events:
-                    if ev.kind == "progress" and bar is not None:
-                        bar.total = ev.data["total"]
-                        bar.n = ev.data["done"]
-                        bar.set_postfix_str(str(ev.data.get("file", ""))[-40:], refresh=False)
-                        bar.refresh()
-                    elif ev.kind == "warning":
-                        warnings.append(ev.data["text"])
+                new, cursor = job.wait_events(cursor, timeout=0.5)
+                shown = view.progress
+                fold(view, new)
+                p = view.progress
+                if bar is not None and p is not None and p is not shown:
+                    bar.total = p.total
+                    bar.n = p.done
+                    bar.set_postfix_str(str(p.file or "")[-40:], refresh=False)
+                    bar.refresh()
                 if job.state.done and not worker.is_alive():
                     break
             except KeyboardInterrupt:
@@ -146,4 +148,4 @@ def _follow(job, worker: threading.Thread, quiet: bool) -> list[str]:
         if bar is not None:
             bar.close()
         worker.join()
-    return warnings
+    return view.warnings[::-1]
