@@ -18,6 +18,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from jobs.view import JobView, ViewCache
 from ui.common import FieldText, Refresh, fail, field_text, grouped_fields, short, user_errors, widget_for_field
 from ui.state import IMAGE_SUFFIXES, AppContext
 
@@ -187,31 +188,29 @@ def current_job(ctx: AppContext):
     return jobs[-1] if jobs else None
 
 
-def pre_view(job) -> PreView:
+def pre_view(view: JobView | None) -> PreView:
+    """What the page shows about a preprocess job, from the folded view of its events."""
     empty = pd.DataFrame(columns=["file", "reason"])
-    if job is None:
+    if view is None:
         return PreView("", 0.0, empty, None, True)
-    prog = job.last("progress")
-    done, total = (prog.data.get("done", 0), prog.data.get("total", 0)) if prog else (0, 0)
-    status = f"**{job.title}** — {job.state.value}" + (f" · {done}/{total}" if total else "")
-    msgs = [e.data.get("text", "") for e in job.events("message")][-3:]
+    p = view.progress
+    done, total = (p.done, p.total) if p else (0, 0)
+    status = f"**{view.title}** — {view.state}" + (f" · {done}/{total}" if total else "")
+    msgs = view.messages[:3][::-1]
     if msgs:
         status += "\n\n" + "\n".join(f"- {short(m)}" for m in msgs)
-    if job.error:
-        status += f"\n\n**Failed:** {short(job.error)}"
-    result = job.result if isinstance(job.result, dict) else None
+    if view.error:
+        status += f"\n\n**Failed:** {short(view.error)}"
+    result = view.result if isinstance(view.result, dict) else None
     skipped = empty
     dataset = None
     if result:
         rows = [(Path(p).name, r) for p, r in result.get("skipped", [])]
         skipped = pd.DataFrame(rows, columns=["file", "reason"]) if rows else empty
         dataset = Path(result.get("dst", "")).name or None
-    else:
-        rows = [(e.data.get("text", ""), "") for e in job.events("warning")]
-        if rows:
-            skipped = pd.DataFrame([(t, "") for t, _ in rows], columns=["file", "reason"])
-    return PreView(status, done / total if total else (1.0 if job.state.done else 0.0), skipped, dataset,
-                   job.state.done)
+    elif view.warnings:
+        skipped = pd.DataFrame([(t, "") for t in view.warnings[::-1]], columns=["file", "reason"])
+    return PreView(status, done / total if total else (1.0 if view.done else 0.0), skipped, dataset, view.done)
 
 
 def caption_grid(ctx: AppContext, dataset: str) -> pd.DataFrame:
@@ -318,12 +317,15 @@ def build(ctx: AppContext) -> Refresh:
 
     stop_btn.click(stop_fn, None, status, api_name="preprocess_stop")
 
+    views = ViewCache()  # one folded view per job, shared by every open tab
+
     def poll(cur):
         job = current_job(ctx)
-        key = None if job is None else (job.id, job.events_since(0)[1])
+        view = None if job is None else views.get(job)
+        key = None if view is None else (job.id, view.seen)
         if key == cur:
             return [gr.skip()] * 5 + [cur]
-        v = pre_view(job)
+        v = pre_view(view)
         if v.done and v.dataset:
             return [v.status, progress_html(v.progress), v.skipped,
                     gr.Dropdown(choices=ctx.datasets(), value=v.dataset), caption_grid(ctx, v.dataset), key]
