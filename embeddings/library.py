@@ -13,6 +13,8 @@ clash, in filesystem order. Here:
   are skipped with "name clash with <winner path>".
 - Names whose tokens begin with another name's tokens (A1111's `name-200` / `name-2000` trap) are
   reported as warnings on both entries (needs a tokenizer).
+- "Which file is embedding X" has one answer, `EmbeddingLibrary.resolve`: the trainer, the UI and
+  the CLI all ask it, so a name means the same file everywhere, and the file prompts use.
 
 Hidden files and folders (our atomic temp files start with '.'), `*.preview.*` images and
 `.optim` files are not embeddings and are not listed. The `.trash` folder holds deleted files.
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from embeddings.embedding import Embedding, EmbeddingError, EmbeddingFileError
-from embeddings.formats import EMBEDDING_SUFFIXES, load_embedding, save_embedding
+from embeddings.formats import EMBEDDING_SUFFIXES, is_image_format, load_embedding, save_embedding
 from embeddings.formats.diffusers_format import pair_paths
 from embeddings.names import clean_name, shadowing_pairs, validate_name
 from workspace.atomic import atomic_write_with
@@ -64,10 +66,19 @@ class LibraryEntry:
     reason: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # What the file holds; None when it could not be read (`reason` says why). Shared with the
+    # library's cache: treat it as read-only (`.copy()` to change it).
+    embedding: Embedding | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    def require_embedding(self) -> Embedding:
+        """The embedding in this file, usable or not; EmbeddingFileError naming the file if unreadable."""
+        if self.embedding is None:
+            raise EmbeddingFileError(self.path, self.reason or "cannot be read")
+        return self.embedding
 
     def row(self) -> dict[str, Any]:
         """A flat, JSON-able summary (for tables in the UI and `--json` output)."""
@@ -145,42 +156,46 @@ class EmbeddingLibrary:
                 if p not in stamps or p in changed:
                     del self._cache[p]
             for path, stamp in stamps.items():
-                if path in self._cache:
-                    continue
-                try:
-                    emb, err = load_embedding(path), None
-                except EmbeddingError as e:
-                    emb, err = None, getattr(e, "reason", str(e))
-                except Exception as e:  # noqa: BLE001 - one bad file must not stop the scan
-                    emb, err = None, f"cannot read ({type(e).__name__}: {str(e)[:200]})"
-                self._cache[path] = _Cached(stamp, emb, err)
+                if path not in self._cache:
+                    self._cache[path] = self._read(path, stamp)
             self._entries = self._build_entries()
 
+    @staticmethod
+    def _read(path: Path, stamp: tuple[int, int]) -> _Cached:
+        """Load one file; any failure becomes the reason it is skipped."""
+        try:
+            return _Cached(stamp, load_embedding(path), None)
+        except EmbeddingError as e:
+            return _Cached(stamp, None, getattr(e, "reason", str(e)))
+        except Exception as e:  # noqa: BLE001 - one bad file must not stop the scan
+            return _Cached(stamp, None, f"cannot read ({type(e).__name__}: {str(e)[:200]})")
+
+    def _make_entry(self, path: Path, cached: _Cached) -> LibraryEntry:
+        """The entry for one file on its own (name clashes are decided over all entries later)."""
+        emb = cached.embedding
+        if emb is None:
+            return LibraryEntry(
+                name=path.stem, path=path, format=None, num_vectors=None, widths={}, family=None, step=None,
+                status="skipped", reason=cached.error,
+            )
+        reason = None
+        if not emb.is_finite():
+            reason = "contains NaN/inf"
+        elif self.widths is not None:
+            reason = emb.mismatch_reason(self.widths)
+        if reason is None and self.tokenizer is not None:
+            try:
+                validate_name(emb.name, self.tokenizer)
+            except EmbeddingError as e:
+                reason = str(e)
+        return LibraryEntry(
+            name=emb.name, path=path, format=emb.metadata.get("format"), num_vectors=emb.num_vectors,
+            widths=emb.widths, family=emb.family, step=emb.step, status="skipped" if reason else "ok",
+            reason=reason, metadata=dict(emb.metadata), embedding=emb,
+        )
+
     def _build_entries(self) -> list[LibraryEntry]:
-        entries: list[LibraryEntry] = []
-        for path, cached in self._cache.items():
-            emb = cached.embedding
-            if emb is None:
-                entries.append(LibraryEntry(
-                    name=path.stem, path=path, format=None, num_vectors=None, widths={}, family=None, step=None,
-                    status="skipped", reason=cached.error,
-                ))
-                continue
-            reason = None
-            if not emb.is_finite():
-                reason = "contains NaN/inf"
-            elif self.widths is not None:
-                reason = emb.mismatch_reason(self.widths)
-            if reason is None and self.tokenizer is not None:
-                try:
-                    validate_name(emb.name, self.tokenizer)
-                except EmbeddingError as e:
-                    reason = str(e)
-            entries.append(LibraryEntry(
-                name=emb.name, path=path, format=emb.metadata.get("format"), num_vectors=emb.num_vectors,
-                widths=emb.widths, family=emb.family, step=emb.step, status="skipped" if reason else "ok",
-                reason=reason, metadata=dict(emb.metadata),
-            ))
+        entries = [self._make_entry(path, cached) for path, cached in self._cache.items()]
         self._resolve_clashes(entries)
         self._mark_shadowing(entries)
         entries.sort(key=lambda e: (e.status != "ok", e.name.casefold(), self._rank(e.path)))
@@ -231,39 +246,83 @@ class EmbeddingLibrary:
     def skipped(self) -> list[LibraryEntry]:
         return [e for e in self.entries() if not e.ok]
 
-    def _entry(self, name: str) -> LibraryEntry | None:
-        """The usable entry called `name` (exact, else case-insensitive), else any entry by that name."""
+    def _named(self, name: str) -> LibraryEntry | None:
+        """The entry a name means, first rule that matches:
+
+        1. the usable embedding called `name`, exact case, then any case (as prompts match it);
+        2. a skipped file with that embedded name, any case (its reason says why it is skipped);
+        3. a file whose stem is `name`, any case (an image embedding whose stored name differs
+           from its file name, or the other half of a diffusers pair), usable ones first.
+
+        Several files in one rule: the nearest the top folder wins, then the first by path, the
+        same rule that decides name clashes, so a name means the file prompts use.
+        """
+        key = name.casefold()
         entries = self.entries()
         for pred in (
             lambda e: e.ok and e.name == name,
-            lambda e: e.ok and e.name.casefold() == name.casefold(),
-            lambda e: e.name == name,
+            lambda e: e.ok and e.name.casefold() == key,
+            lambda e: e.name.casefold() == key,
+            lambda e: e.path.stem.casefold() == key,
         ):
-            for e in entries:
-                if pred(e):
-                    return e
+            found = [e for e in entries if pred(e)]
+            if found:
+                return min(found, key=lambda e: (not e.ok, self._rank(e.path)))
         return None
 
+    def _for_file(self, path: Path) -> LibraryEntry:
+        """The library's entry for a file, or (a file it has not scanned) one read on its own."""
+        target = path.resolve()
+        for e in self.entries():
+            if e.path.resolve() == target:
+                return e
+        return self._make_entry(path, self._read(path, (0, 0)))
+
+    def resolve(self, spec: str) -> LibraryEntry:
+        """Which file is embedding `spec`: the one answer the trainer, the UI and the CLI use.
+
+        First rule that matches: (1) a path to a file, absolute or relative to the library folder;
+        (2) a name in the library (embedded name, then file stem; see `_named`), searched in every
+        sub-folder with the clash rule; (3) a path relative to the working directory. A name in
+        the library wins over a stray file of that name where the program happens to run.
+
+        The entry may be skipped (NaN, wrong width, unreadable: `reason`); `require_embedding()`
+        gives its embedding or an error naming the file. Raises EmbeddingError naming the folder
+        when nothing matches.
+        """
+        spec = (spec or "").strip()
+        if not spec:
+            raise EmbeddingError("no embedding given: name one in the library or give a file")
+        given = Path(spec).expanduser()
+        if (self.folder / given).is_file():
+            return self._for_file(self.folder / given)
+        with self._lock:
+            self.refresh()
+            entry = self._named(spec)
+        if entry is not None:
+            return entry
+        if given.is_file():
+            return self._for_file(given)
+        raise EmbeddingError(f"no embedding called {spec!r} in {self.folder}: no file at that path, "
+                             "and no embedding or file of that name in any of its folders")
+
+    def _resolve_own(self, spec: str) -> LibraryEntry:
+        """`resolve`, for changes: a file outside the library folder is refused, never touched."""
+        entry = self.resolve(spec)
+        if self.folder.resolve() not in entry.path.resolve().parents:
+            raise EmbeddingError(f"{entry.path} is not in the library folder {self.folder}")
+        return entry
+
     def get(self, name: str) -> Embedding | None:
-        """The usable embedding called `name` (case-insensitive, as in prompts), or None.
+        """The usable embedding `name` means (see `_named`), or None.
 
         The object is shared with the library's cache: treat it as read-only (`.copy()` to train)."""
-        entry = self._entry(name)
-        if entry is None or not entry.ok:
-            return None
-        with self._lock:
-            cached = self._cache.get(entry.path)
-            return cached.embedding if cached else None
+        entry = self._named(name)
+        return entry.embedding if entry is not None and entry.ok else None
 
     def loaded(self) -> dict[str, Embedding]:
         """Usable embeddings by name: what prompts may use."""
-        with self._lock:
-            out: dict[str, Embedding] = {}
-            for e in self._entries:
-                cached = self._cache.get(e.path)
-                if e.ok and cached is not None and cached.embedding is not None:
-                    out[e.name] = cached.embedding
-            return out
+        return {e.name: e.embedding for e in self.entries() if e.ok and e.embedding is not None}
 
     def shadowing(self) -> list[tuple[str, str]]:
         """(short, long) name pairs among usable embeddings where `long` starts with `short`'s tokens."""
@@ -295,15 +354,13 @@ class EmbeddingLibrary:
         (their name lives inside). Refuses names already in use. Returns the new entry."""
         with self._lock:
             self.refresh()
-            entry = self._entry(name)
-            if entry is None:
-                raise EmbeddingError(f"no embedding called {name!r} in {self.folder}")
+            entry = self._resolve_own(name)
             new_name = self._check_new_name(new_name, except_path=entry.path)
             src = entry.path
             target = src.with_name(new_name + src.suffix)
             if target.exists() and target != src:
                 raise EmbeddingError(f"{self._display(target)} already exists")
-            if entry.format and entry.format.split("-")[0] in ("png", "webp", "avif", "jxl"):
+            if is_image_format(entry.format):
                 self._rewrite_image(src, target.with_suffix(".png"), new_name)
                 if target.with_suffix(".png") != src:
                     src.unlink()
@@ -349,9 +406,7 @@ class EmbeddingLibrary:
         """Move an embedding's file(s) to `<folder>/.trash/` (recoverable). Returns the new locations."""
         with self._lock:
             self.refresh()
-            entry = self._entry(name)
-            if entry is None:
-                raise EmbeddingError(f"no embedding called {name!r} in {self.folder}")
+            entry = self._resolve_own(name)
             trash = self.folder / TRASH
             trash.mkdir(parents=True, exist_ok=True)
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -391,7 +446,7 @@ class EmbeddingLibrary:
             if target.exists() and not overwrite:
                 raise EmbeddingError(f"{self._display(target)} already exists (replace it explicitly to overwrite)")
             # The name the copy will have: file stem, or the name inside an image.
-            name = emb.name if src.suffix.lower() in (".png", ".webp", ".avif", ".jxl") else target.stem
+            name = emb.name if is_image_format(emb.metadata.get("format")) else target.stem
             for e in self.entries():
                 if e.ok and e.name.casefold() == name.casefold() and e.path != target:
                     raise EmbeddingError(f"an embedding called {name!r} already exists ({self._display(e.path)}); "

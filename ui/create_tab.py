@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from embeddings.create import create_embedding, plan_embedding
+from embeddings.embedding import EmbeddingError
+from embeddings.formats import save_embedding
 from ui.common import fail, user_errors
 from ui.state import AppContext
 
@@ -41,9 +44,6 @@ def refresh_models(ctx: AppContext, current: str | None):
 
 def describe_plan(ctx: AppContext, model_spec: str, name: str, init_text: str, vectors: float, mode: str) -> str:
     """Markdown shown under the form; problems appear inline instead of as pop-ups."""
-    from embeddings.create import plan_embedding
-    from embeddings.embedding import EmbeddingError
-
     if not (name or "").strip():
         return "Type a name: it is the word you will put in prompts."
     try:  # every SD family shares CLIP's vocabulary: no need to load the model to count tokens
@@ -59,9 +59,6 @@ def describe_plan(ctx: AppContext, model_spec: str, name: str, init_text: str, v
 
 def create(ctx: AppContext, model_spec: str, name: str, init_text: str, vectors: float, mode: str,
            fmt: str, overwrite: bool) -> tuple[str, str]:
-    from embeddings.create import create_embedding, plan_embedding
-    from embeddings.formats import save_embedding
-
     name = (name or "").strip()
     if not name:
         raise fail("Give the embedding a name first")

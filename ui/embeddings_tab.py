@@ -1,7 +1,7 @@
 """Embeddings tab: the library as a table, inspect one, export it, rename, delete, add files.
 
 The table says *why* a file is skipped (wrong width, not an embedding, broken file) because
-"embedding skipped" with no reason is the most repeated complaint in the ecosystem (P4).
+"embedding skipped" with no reason is what users of other tools complain about most.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from embeddings.embedding import EmbeddingError
+from embeddings.formats import EMBEDDING_SUFFIXES, export_name, save_embedding
+from embeddings.library import LibraryEntry
 from ui.common import Refresh, fail, user_errors
-from ui.state import EMBEDDING_SUFFIXES, AppContext
+from ui.state import AppContext
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +76,20 @@ def table(ctx: AppContext) -> pd.DataFrame:
     return pd.DataFrame([r.as_list() for r in library_rows(ctx)], columns=COLUMNS)
 
 
-def _entry(ctx: AppContext, name: str):
+def _entry(ctx: AppContext, name: str) -> LibraryEntry:
     if not (name or "").strip():
         raise fail("Pick an embedding first (click its row or choose it in the list)")
-    entries = ctx.library(None).entries()
-    for pred in (lambda e: e.name == name, lambda e: e.name.casefold() == name.casefold()):
-        for e in entries:
-            if pred(e):
-                return e
-    raise fail(f"{name}: no such embedding in {ctx.data.embeddings}")
+    try:
+        return ctx.library(None).resolve(name)
+    except EmbeddingError as e:
+        raise fail(str(e)) from e
 
 
 def _embedding(ctx: AppContext, name: str):
     entry = _entry(ctx, name)
-    emb = ctx.library(None).get(entry.name)
-    if emb is None:
+    if not entry.ok or entry.embedding is None:
         raise fail(f"{name}: cannot be used ({entry.reason or 'unreadable'})")
-    return emb, Path(entry.path)
+    return entry.embedding, Path(entry.path)
 
 
 def inspect(ctx: AppContext, name: str) -> tuple[pd.DataFrame, str, dict[str, Any]]:
@@ -113,8 +113,6 @@ def inspect(ctx: AppContext, name: str) -> tuple[pd.DataFrame, str, dict[str, An
 
 def export(ctx: AppContext, name: str, fmt: str) -> str:
     """Write the embedding in `fmt` under data/cache/exports and return the file to download."""
-    from embeddings.formats import export_name, save_embedding
-
     emb, _ = _embedding(ctx, name)
     out_dir = ctx.data.exports / emb.name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +140,7 @@ def delete(ctx: AppContext, name: str, confirm: bool) -> str:
 def add_files(ctx: AppContext, paths: list[str] | None) -> str:
     """Copy uploaded embedding files into the library; a bad file is reported and the rest go on."""
     if not paths:
-        raise fail("Choose one or more embedding files (.safetensors .pt .bin .png .webp) first")
+        raise fail(f"Choose one or more embedding files ({' '.join(EMBEDDING_SUFFIXES)}) first")
     lib = ctx.library(None)
     added, problems = [], []
     for p in paths:

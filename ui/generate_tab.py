@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from embeddings.prompt import PromptEncoder, generate
 from ui.common import Refresh, fail, user_errors
 from ui.create_tab import model_dropdown, refresh_models
 from ui.state import AppContext
@@ -32,8 +33,6 @@ class GenerateResult:
 
 def generate_images(ctx: AppContext, model_spec: str, prompt: str, negative: str, seed: float, steps: float,
                     cfg: float, width: float, height: float, count: float) -> GenerateResult:
-    from embeddings.prompt import PromptEncoder, generate
-
     if not (prompt or "").strip():
         raise fail("Type a prompt first (use an embedding's name in it)")
     model = ctx.model(model_spec)
@@ -103,7 +102,7 @@ def build(ctx: AppContext) -> Refresh:
 
 
 def library_names(ctx: AppContext) -> str:
-    names = [p.stem for p in ctx.embedding_files()]
+    names = ctx.embedding_names()
     if not names:
         return "No embeddings yet: create one in the Create tab."
     return "**In the library:** " + ", ".join(f"`{n}`" for n in names[:50])

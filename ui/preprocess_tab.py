@@ -19,8 +19,15 @@ import gradio as gr
 import pandas as pd
 
 from jobs.view import JobView, ViewCache
+from preprocessing import list_captions, preprocess_job, set_caption
+from preprocessing import options as o
+from preprocessing.captions import CAPTION_TARGETS, EXISTING_POLICIES
+from preprocessing.geometry import CROP_MODES
+from preprocessing.images import IMAGE_SUFFIXES
+from preprocessing.options import PreprocessOptions
 from ui.common import FieldText, Refresh, fail, field_text, grouped_fields, short, user_errors, widget_for_field
-from ui.state import IMAGE_SUFFIXES, AppContext
+from ui.state import AppContext
+from ui.train_tab import progress_html
 
 BASIC = ("width", "height", "crop", "captioner", "blip_model", "flip", "prefix", "suffix", "on_existing")
 # "More options" by topic; a PreprocessOptions field in no group lands in "Other".
@@ -71,17 +78,11 @@ GRID_COLUMNS = ["image", "file", "caption"]
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
-    from preprocessing import options as o
-    from preprocessing.captions import CAPTION_TARGETS, EXISTING_POLICIES
-    from preprocessing.geometry import CROP_MODES
-
     return {"crop": CROP_MODES, "captioner": o.CAPTIONERS, "on_existing": o.ON_EXISTING,
             "output_format": o.OUTPUT_FORMATS, "caption_to": CAPTION_TARGETS, "existing_caption": EXISTING_POLICIES}
 
 
 def _fields() -> list[tuple[str, Any, Any]]:
-    from preprocessing.options import PreprocessOptions
-
     hints = typing.get_type_hints(PreprocessOptions)
     return [(f.name, hints[f.name], f.default) for f in dataclasses.fields(PreprocessOptions)
             if f.name not in HIDDEN]
@@ -98,8 +99,6 @@ def _component(name: str, hint: Any, default: Any, **kwargs: Any):
 
 
 def options_from_form(ctx: AppContext, names: list[str], values: list[Any]):
-    from preprocessing.options import PreprocessOptions
-
     hints = {n: h for n, h, _ in _fields()}
     d: dict[str, Any] = {}
     for name, value in zip(names, values, strict=True):
@@ -120,7 +119,7 @@ def stage_uploads(ctx: AppContext, paths: list[str]) -> Path:
     """Copy uploaded images into one staging folder (Gradio gives flat temp paths, unsorted)."""
     images = [Path(p) for p in paths if Path(p).suffix.lower() in IMAGE_SUFFIXES]
     if not images:
-        raise fail("None of the uploaded files is an image (.png .jpg .jpeg .webp .bmp)")
+        raise fail(f"None of the uploaded files is an image ({' '.join(IMAGE_SUFFIXES)})")
     folder = ctx.data.cache / "uploads" / time.strftime("%Y%m%d-%H%M%S")
     n = 2
     base = folder
@@ -151,8 +150,6 @@ def dataset_folder(ctx: AppContext, name: str) -> Path:
 
 def start(ctx: AppContext, name: str, files: list[str] | None, folder_files: list[str] | None, server_folder: str,
           options) -> str:
-    from preprocessing import preprocess_job
-
     dst = dataset_folder(ctx, name)
     server_folder = (server_folder or "").strip()
     uploads = list(files or []) + list(folder_files or [])
@@ -215,8 +212,6 @@ def pre_view(view: JobView | None) -> PreView:
 
 def caption_grid(ctx: AppContext, dataset: str) -> pd.DataFrame:
     """Thumbnail, file name and caption per image: the caption column is editable."""
-    from preprocessing import list_captions
-
     if not dataset:
         return pd.DataFrame(columns=GRID_COLUMNS)
     folder = dataset_folder(ctx, dataset)
@@ -226,8 +221,6 @@ def caption_grid(ctx: AppContext, dataset: str) -> pd.DataFrame:
 
 
 def save_captions(ctx: AppContext, dataset: str, grid: pd.DataFrame) -> str:
-    from preprocessing import list_captions, set_caption
-
     folder = dataset_folder(ctx, dataset)
     current = {it.path.name: it for it in list_captions(folder)}
     changed, problems = 0, []
@@ -248,12 +241,6 @@ def save_captions(ctx: AppContext, dataset: str, grid: pd.DataFrame) -> str:
     if problems:
         msg += " Not saved: " + "; ".join(problems[:10])
     return msg
-
-
-def progress_html(fraction: float) -> str:
-    from ui.train_tab import progress_html as bar
-
-    return bar(fraction)
 
 
 def build(ctx: AppContext) -> Refresh:

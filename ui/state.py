@@ -14,14 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embeddings.embedding import EmbeddingError
+from embeddings.library import EmbeddingLibrary
 from jobs.registry import JobRegistry
+from models.cache import get_model
+from models.discovery import ModelInfo, discover_models
+from models.tokenizer import load_clip_tokenizer, write_clip_tokenizer
 from workspace.datadir import DataDir
 
 log = logging.getLogger(__name__)
 
-TINY_LABEL = "tiny (built-in, random weights: for trying the workflow)"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin", ".png", ".webp")
+BUILTIN_TAG = "(built-in, random weights: for trying the workflow)"
+TINY_LABEL = f"tiny {BUILTIN_TAG}"
 
 
 @dataclass
@@ -46,30 +50,13 @@ class AppContext:
 
     # --- base models -----------------------------------------------------------------------
     def model_choices(self) -> list[ModelChoice]:
-        """The built-in models first, then what the models engineer's discovery finds.
-
-        Falls back to listing `data/models` when discovery is not available, so the picker
-        works from the first day.
-        """
-        choices: list[ModelChoice] = []
+        """The built-in models first, then the data folder's models and the Hugging Face cache
+        (`models.discovery`). If reading those folders fails, the built-in tiny model is still offered."""
         try:
-            from models.discovery import discover_models
-
-            for info in discover_models(self.data):
-                choices.append(ModelChoice(_model_label(info), str(info.spec)))
-        except ImportError:
-            choices.append(ModelChoice(TINY_LABEL, "tiny"))
-            if self.data.models.is_dir():
-                for p in sorted(self.data.models.iterdir()):
-                    if p.is_dir() and (p / "model_index.json").is_file():
-                        choices.append(ModelChoice(f"{p.name} (diffusers folder)", str(p)))
-                    elif p.suffix.lower() in (".safetensors", ".ckpt"):
-                        choices.append(ModelChoice(f"{p.name} (checkpoint)", str(p)))
-        except Exception:  # discovery must never take the page down
+            choices = [ModelChoice(_model_label(info), info.spec) for info in discover_models(self.data)]
+        except Exception:  # an unreadable folder must not take the page down
             log.exception("model discovery failed")
-            choices.append(ModelChoice(TINY_LABEL, "tiny"))
-        if not any(c.spec == "tiny" for c in choices):
-            choices.insert(0, ModelChoice(TINY_LABEL, "tiny"))
+            choices = [ModelChoice(TINY_LABEL, "tiny")]
         if self.default_model and not any(c.spec == self.default_model for c in choices):
             choices.insert(0, ModelChoice(f"{self.default_model} (from --model)", self.default_model))
         return choices
@@ -79,8 +66,6 @@ class AppContext:
 
     def model(self, spec: str):
         """The base model, from the process-wide cache the training worker also uses (one copy)."""
-        from models.cache import get_model
-
         spec = (spec or "").strip() or self.default_model_spec()
         log.info("base model %s", spec)
         return get_model(spec, self.data)
@@ -91,20 +76,16 @@ class AppContext:
         # lazy imports are not thread-safe ("cannot import name 'CLIPTokenizer'").
         with self._tokenizer_lock:
             if self._tokenizer is None:
-                from models.tokenizer import load_clip_tokenizer, write_clip_tokenizer
-
                 folder = write_clip_tokenizer(self.data.cache / "tokenizers" / "clip")
                 self._tokenizer = load_clip_tokenizer(folder)
             return self._tokenizer
 
     # --- embeddings --------------------------------------------------------------------------
-    def library(self, model=None):
+    def library(self, model=None) -> EmbeddingLibrary:
         """The embeddings library, checked against `model`'s encoder widths (None: not checked).
 
         One library per width set, kept between calls, so unchanged files are not re-read.
         """
-        from embeddings.library import EmbeddingLibrary
-
         widths = model.widths if model is not None else None
         key = tuple(sorted(widths.items())) if widths else None
         with self._model_lock:
@@ -120,20 +101,21 @@ class AppContext:
         lib = self.library(model)
         return list(lib.loaded().values()), [(e.name, e.reason or "") for e in lib.skipped()]
 
-    # --- folders ---------------------------------------------------------------------------
-    def embedding_files(self) -> list[Path]:
-        folder = self.data.embeddings
-        if not folder.is_dir():
-            return []
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EMBEDDING_SUFFIXES)
+    def embedding_names(self) -> list[str]:
+        """Names of the usable embeddings in the library (any sub-folder), for pickers."""
+        return sorted({e.name for e in self.library(None).entries() if e.ok}, key=str.casefold)
 
     def existing_embedding(self, name: str) -> Path | None:
-        """A file in the library whose stem is `name` (case-insensitive, as prompts match)."""
-        low = name.strip().lower()
-        for p in self.embedding_files():
-            if p.stem.lower() == low or p.name.lower().split(".")[0] == low:
-                return p
-        return None
+        """The library file the name `name` already means (the library's resolver), or None."""
+        lib = self.library(None)
+        try:
+            path = lib.resolve(name).path
+        except EmbeddingError:
+            return None
+        root = lib.folder.resolve()
+        return path if root in path.resolve().parents else None  # never a file outside the library
+
+    # --- folders ---------------------------------------------------------------------------
 
     def datasets(self) -> list[str]:
         folder = self.data.datasets
@@ -142,15 +124,9 @@ class AppContext:
         return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _model_label(info: Any) -> str:
-    """A readable dropdown label from a discovery record, whatever fields it has."""
-    name = getattr(info, "name", None) or str(getattr(info, "spec", "?"))
-    parts = [name]
-    family = getattr(info, "family", None)
-    kind = getattr(info, "kind", None)
-    extra = ", ".join(str(x) for x in (family, kind) if x)
-    if extra:
-        parts.append(f"[{extra}]")
-    if getattr(info, "random_weights", False) or str(getattr(info, "spec", "")).startswith("tiny"):
-        parts.append("(built-in, random weights: for trying the workflow)")
+def _model_label(info: ModelInfo) -> str:
+    """The dropdown label: name, [family, kind], and a note on the built-in random-weight models."""
+    parts = [info.name, f"[{', '.join(x for x in (info.family, info.kind) if x)}]"]
+    if info.kind == "builtin":
+        parts.append(BUILTIN_TAG)
     return " ".join(parts)

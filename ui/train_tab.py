@@ -181,12 +181,10 @@ def _sample_captions(ctx: AppContext, dataset: str, n: int) -> list[str]:
 
 
 def _dataset_path(ctx: AppContext, dataset: str) -> Path | None:
-    if not dataset:
+    try:
+        return ctx.data.find_dataset(dataset)
+    except FileNotFoundError:
         return None
-    p = Path(dataset)
-    if not p.is_absolute():
-        p = ctx.data.datasets / dataset
-    return p if p.is_dir() else None
 
 
 def dataset_report(ctx: AppContext, dataset: str, embedding: str, template: str, resolution: float | None = None) -> str:
@@ -335,17 +333,18 @@ def in_words(message: str) -> str:
 
 def check_inputs(ctx: AppContext, config) -> None:
     """Say now, in the page, what the job would only find out in the queue: no embedding or dataset
-    picked, or one that does not exist (the trainer's own resolvers decide, so the rules match)."""
-    from training.trainer import TrainingError, resolve_dataset, resolve_embedding
+    picked, or one that does not exist (the library's and the data folder's resolvers decide, as
+    in the trainer, so the rules match)."""
+    from embeddings.embedding import EmbeddingError
 
     if not config.embedding.strip():
         raise fail("Pick the embedding to train (or create one in the Create tab)")
     if not config.dataset.strip():
         raise fail("Pick a dataset (make one in the Preprocess tab)")
     try:
-        resolve_embedding(config.embedding, ctx.data)
-        resolve_dataset(config.dataset, ctx.data)
-    except TrainingError as e:
+        ctx.library(None).resolve(config.embedding).require_embedding()
+        ctx.data.find_dataset(config.dataset)
+    except (EmbeddingError, FileNotFoundError) as e:
         raise fail(str(e)) from e
 
 
@@ -428,7 +427,7 @@ def build(ctx: AppContext, demo=None):
     with gr.Row():
         with gr.Column(scale=3):
             with gr.Row():
-                comps["embedding"] = gr.Dropdown([p.stem for p in ctx.embedding_files()], label="Embedding",
+                comps["embedding"] = gr.Dropdown(ctx.embedding_names(), label="Embedding",
                                                  elem_id="train_embedding", allow_custom_value=True)
                 comps["dataset"] = gr.Dropdown(ctx.datasets(), label="Dataset", elem_id="train_dataset",
                                                allow_custom_value=True)
@@ -554,8 +553,7 @@ def build(ctx: AppContext, demo=None):
                api_name="poll", api_visibility="undocumented", show_progress="hidden", concurrency_limit=None)
 
     def refresh(e, d):
-        embs = [p.stem for p in ctx.embedding_files()]
-        return gr.Dropdown(choices=embs, value=e), gr.Dropdown(choices=ctx.datasets(), value=d)
+        return gr.Dropdown(choices=ctx.embedding_names(), value=e), gr.Dropdown(choices=ctx.datasets(), value=d)
 
     if demo is not None:
         demo.load(schedule_plot, sched_inputs, [lr_plot, lr_msg], api_visibility="private", show_progress="hidden")

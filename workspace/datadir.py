@@ -8,6 +8,10 @@ from pathlib import Path
 DEFAULT_DATA_DIR = Path("data")
 
 
+class DatasetNotFoundError(FileNotFoundError):
+    """No dataset folder by the path or name given. The message names where it was looked for."""
+
+
 @dataclass(frozen=True)
 class DataDir:
     """Paths under the data folder. Sub-folders are created on first use by `ensure()`."""
@@ -25,6 +29,22 @@ class DataDir:
     @property
     def datasets(self) -> Path:
         return self.root / "datasets"
+
+    def find_dataset(self, spec: str) -> Path:
+        """The dataset folder `spec` means: the one answer the trainer and the Train tab use.
+
+        First match: a folder path, absolute or relative to `datasets/` (so a plain name is a
+        dataset made in the Preprocess tab); then a folder path relative to the working directory.
+        The data folder's own dataset wins over a stray folder of that name where the program runs.
+        """
+        spec = (spec or "").strip()
+        if not spec:
+            raise DatasetNotFoundError("no dataset folder given")
+        given = Path(spec).expanduser()
+        for folder in (self.datasets / given, given):
+            if folder.is_dir():
+                return folder
+        raise DatasetNotFoundError(f"dataset {spec!r}: no such folder (nor in {self.datasets})")
 
     @property
     def runs(self) -> Path:

@@ -28,7 +28,7 @@ from embeddings.formats.diffusers_format import (
     pair_partner,
     save_diffusers,
 )
-from embeddings.formats.png_embed import IMAGE_SUFFIXES, load_image_embedding, save_png
+from embeddings.formats.png_embed import IMAGE_EMBEDDING_SUFFIXES, load_image_embedding, save_png
 from embeddings.formats.safetensors_format import load_safetensors_embedding, save_safetensors
 from embeddings.names import clean_name
 
@@ -42,7 +42,8 @@ FORMAT_HELP: dict[str, str] = {
 }
 
 PICKLE_SUFFIXES = (".pt", ".bin")
-EMBEDDING_SUFFIXES = (*PICKLE_SUFFIXES, ".safetensors", *IMAGE_SUFFIXES)
+# Every file type that can hold an embedding: the library, the UI and the trainer look for these.
+EMBEDDING_SUFFIXES = (*PICKLE_SUFFIXES, ".safetensors", *IMAGE_EMBEDDING_SUFFIXES)
 
 _WRITE_SUFFIXES: dict[str, tuple[str, ...]] = {
     "safetensors": (".safetensors",),
@@ -58,6 +59,7 @@ __all__ = [
     "FORMAT_HELP",
     "export_name",
     "format_for_path",
+    "is_image_format",
     "load_embedding",
     "load_embedding_pair",
     "save_embedding",
@@ -75,7 +77,7 @@ def _sniff(path: Path, head: bytes) -> str | None:
         if 0 < n < 100_000_000:
             return "safetensors"
     suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
+    if suffix in IMAGE_EMBEDDING_SUFFIXES:
         return "image"  # avif/jxl have other magic; let PIL decide
     return None
 
@@ -156,6 +158,13 @@ def load_embedding_pair(path_l: str | Path, path_g: str | Path) -> Embedding:
     """
     path_l, path_g = Path(path_l), Path(path_g)
     return combine_pair(_load_single(path_l), _load_single(path_g), path_l, path_g, sdxl_widths=False)
+
+
+def is_image_format(fmt: str | None) -> bool:
+    """Whether a `metadata["format"]` label ("png-chunk", "webp-pixels" ...) is an image embedding's.
+
+    An image embedding's name lives inside the file, not in its file name."""
+    return bool(fmt) and f".{fmt.split('-')[0]}" in IMAGE_EMBEDDING_SUFFIXES
 
 
 def format_for_path(path: str | Path) -> str:

@@ -48,7 +48,7 @@ from workspace.atomic import atomic_write_with
 
 CHUNK_KEY = "sd-ti-embedding"
 INFO_KEY = "sd-ti-embedding-info"
-IMAGE_SUFFIXES = (".png", ".webp", ".avif", ".jxl")
+IMAGE_EMBEDDING_SUFFIXES = (".png", ".webp", ".avif", ".jxl")
 DEFAULT_PICTURE = (256, 256)
 _TEXT_FILL = (255, 255, 255, 230)
 
