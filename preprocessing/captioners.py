@@ -3,7 +3,7 @@
 A captioner is loaded once per job, used in batches on one device, and closed at the end so
 its memory goes back before training starts. Loading never touches the network unless the
 caller allows it: offline, a missing model is a one-line `CaptionerError` saying how to get
-it, not a four-minute retry loop (see reference/gradio6-and-offline-models.md §2.3).
+it, not the hub client's minutes of retries before it gives up.
 """
 
 from __future__ import annotations

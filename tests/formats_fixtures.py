@@ -1,5 +1,5 @@
 """Helpers for the format, library and CLI tests: embeddings of every family, and checkers written
-from the reference text (not from our code) to judge our files the way other programs would."""
+from how A1111 and diffusers read files (not from our code) to judge our files the way they would."""
 
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ def make_embedding(name: str = "foo", widths: dict[str, int] | None = None, n: i
     )
 
 
-# ---------------------------------------------------------------- A1111's safe loader (reference §5.12)
-# The allow-list and zip-name rule of A1111 v1.10 `modules/safe.py`, written from the reference.
+# ---------------------------------------------------------------- A1111's safe loader
+# The allow-list and zip-name rule of A1111 v1.10 `modules/safe.py`, written from its source.
 _A1111_ZIP_NAMES = re.compile(r"^([^/]+)/((data/\d+)|version|byteorder|.data/serialization_id|(data\.pkl))$")
 _A1111_STORAGES = {"FloatStorage", "HalfStorage", "IntStorage", "LongStorage", "DoubleStorage", "ByteStorage",
                    "float32", "BFloat16Storage"}
@@ -93,7 +93,7 @@ def a1111_safe_check(path: Path) -> None:
             u.load()
 
 
-# ---------------------------------------------------------------- image data embed (reference §2.5)
+# ---------------------------------------------------------------- A1111's image data embed
 def ref_keys(count: int) -> np.ndarray:
     s, out = 0, []
     for _ in range(count):
@@ -112,7 +112,7 @@ def ref_json(payload: dict) -> str:
 
 
 def ref_encode_pixels(picture, payload: dict):
-    """A plain encoder written from the reference (no decoration): what A1111's decoder accepts."""
+    """A plain encoder written from A1111's source, not ours (no decoration): what A1111's decoder accepts."""
     from PIL import Image
 
     data = np.frombuffer(zlib.compress(ref_json(payload).encode(), 9), np.uint8)
@@ -134,7 +134,7 @@ def ref_encode_pixels(picture, payload: dict):
 
 
 def ref_decode_pixels(image) -> dict:
-    """A plain decoder written from the reference: crop black margins, split at black columns."""
+    """A plain decoder written from A1111's source, not ours: crop black margins, split at black columns."""
     arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
     mask = (arr > 0).all(2)
     cols, rows = np.where(mask.any(0))[0], np.where(mask.any(1))[0]

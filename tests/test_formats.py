@@ -272,7 +272,7 @@ def test_png_layout_matches_reference(tmp_path):
     arr = np.asarray(img.convert("RGB"))
     assert img.size[0] == 2 * w + 2 + 120
     assert not arr[:, w].any() and not arr[:, w + 1 + 120].any()
-    # An independent decoder written from the reference reads the pixels.
+    # An independent decoder written from A1111's source reads the pixels.
     decoded = ref_decode_pixels(img)
     assert torch.equal(decoded["string_to_param"]["*"], emb.vectors["clip_l"]) and decoded["name"] == "rick"
 
@@ -280,13 +280,13 @@ def test_png_layout_matches_reference(tmp_path):
 def test_key_stream_matches_reference():
     from embeddings.formats.png_embed import lcg_keys
 
-    # From the reference: raw values 253, 242, 127, 44, 157, 27, 239, 133, 38, 79
+    # A1111's key stream starts with the raw values 253, 242, 127, 44, 157, 27, 239, 133, 38, 79
     assert lcg_keys(10).tolist() == [13, 2, 15, 12, 13, 11, 15, 5, 6, 15]
     assert lcg_keys(5000).tolist() == ref_keys(5000).tolist()
 
 
 def test_png_written_by_reference_encoder_reads(tmp_path):
-    """A pixel-only image from an encoder written from the reference text (as A1111 writes them)."""
+    """A pixel-only image from an encoder written from A1111's source (as A1111 writes them)."""
     t = torch.randn(3, 768)
     payload = {"string_to_token": {"*": 265}, "string_to_param": {"*": t}, "name": "a1111-made",
                "step": 60, "sd_checkpoint": "abcdef1234", "sd_checkpoint_name": "v1-5"}

@@ -7,7 +7,7 @@ import pytest
 from training.schedule import ScheduleError, build_clip_schedule, build_schedule, parse_stepped
 
 
-# Every row of the reference table (§1.3.1), verified there on A1111's real parser.
+# Every row was checked against A1111's own parser.
 @pytest.mark.parametrize(
     "text,max_steps,cur,expected",
     [

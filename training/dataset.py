@@ -1,6 +1,6 @@
 """The training dataset: scan a folder, read captions, build prompts, load pixels, batch by bucket.
 
-What we fix compared with A1111 (reference §4.2, §5):
+What we fix compared with A1111's dataset:
 
 * the scan is recursive and never crashes: unreadable files are listed with a reason;
 * captions come from ``<stem>.txt`` (UTF-8, stripped) or the file name (A1111's rule); a word

@@ -1,6 +1,6 @@
 """Learning-rate (and clip-value) schedules: A1111's stepped syntax plus constant, cosine, linear.
 
-The stepped syntax is kept exactly as A1111 parses it (reference §1.3.1) so a schedule string
+The stepped syntax is kept exactly as A1111 parses it, so a schedule string
 copied from there trains the same way here:
 
 * pieces are separated by ``,``; empty pieces are skipped;

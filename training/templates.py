@@ -3,7 +3,7 @@
 Files are read as UTF-8 (A1111 used the platform default, which breaks non-ASCII lines on
 Windows). Blank lines and lines starting with ``#`` are skipped. A template used for embedding
 training must put ``[name]`` in at least one line: without it the embedding never appears in a
-prompt, gets no gradient, and A1111 crashed with "No inf checks were recorded" (§1.5).
+prompt, gets no gradient, and A1111 crashed with "No inf checks were recorded".
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Launch settings are the security boundary of a local tool: bind to 127.0.0.1 unless asked, demand a
 password before binding to the network, turn off run history / monitoring / analytics, and serve
 files only from the data folder (plus Gradio's own temp folder).
+
+Gradio and the tabs are imported inside `build`, so `launch_settings` refuses bad flags before
+the seconds that importing them takes.
 """
 
 from __future__ import annotations

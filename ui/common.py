@@ -15,28 +15,17 @@ from typing import Any, TypeVar
 
 import gradio as gr
 
+from models.base import ModelError
+
 log = logging.getLogger("ui")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Exceptions whose message is written for users (they name the file and the reason).
-_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    types = list(_USER_ERRORS)
-    try:
-        from models.base import ModelError
-
-        types.append(ModelError)
-    except ImportError:
-        pass
-    for mod, name in (("training.schedule", "ScheduleError"), ("training.config", "ConfigError")):
-        try:
-            types.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(types)
+# Exceptions whose message is written for users (they name the file and the reason). The
+# project's input errors (embeddings, config, schedule, dataset ...) are ValueErrors.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, FileNotFoundError, FileExistsError, PermissionError, ModelError,
+)
 
 
 def short(text: str, limit: int = 300) -> str:
@@ -54,7 +43,7 @@ def user_errors(action: str) -> Callable[[F], F]:
                 return fn(*args, **kwargs)
             except gr.Error:
                 raise
-            except _user_error_types() as e:
+            except USER_ERRORS as e:
                 log.info("%s failed: %s", action, e, exc_info=log.isEnabledFor(logging.DEBUG))
                 raise gr.Error(short(f"{action}: {e}"), print_exception=False) from e
             except Exception as e:

@@ -2,7 +2,7 @@
 
 The plan (which init tokens fill which vectors, how much of the 75-token prompt it takes) is shown
 live as you type, before anything is written, because a wrong init text or vector count is the
-most common silent mistake (user-needs P11).
+most common silent mistake.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ calling `os.system`) is refused before anything in it runs. The one extra class 
 `string_to_param`; unpickling it only restores attributes (no code runs), and we unwrap its
 `_parameters` like A1111 does.
 
-Writing: the A1111 layout exactly (reference §2.1):
+Writing: the A1111 layout exactly:
 `{"string_to_token": {"*": 265}, "string_to_param": {"*": float32 CPU [n, D]}, "name", "step",
 "sd_checkpoint", "sd_checkpoint_name"}`, nothing else (A1111 ignores extra keys, but tools that
 compare key sets do not; our richer metadata lives in `.safetensors`).

@@ -2,7 +2,7 @@
 
 Every container (pickle `.pt`/`.bin`, `.safetensors`, the JSON inside PNG/WebP images) yields a
 dict; what the dict *means* is decided here, in one place, so a file reads the same whatever it
-came in. The order is A1111's (`create_embedding_from_data`, reference §2.3), so a file that
+came in. The order is A1111's (`create_embedding_from_data`), so a file that
 A1111 accepts is read the same way here, and one it refuses is refused with a clearer reason:
 
 1. `string_to_param` present: A1111 / original-TI layout; exactly one term.

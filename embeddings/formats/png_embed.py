@@ -1,7 +1,7 @@
 """Image embeddings: an embedding carried inside a PNG (or read from WebP and other lossless images).
 
-This is A1111's scheme byte for byte (reference §2.5), so files A1111 writes read here and files
-written here read in A1111:
+This is A1111's scheme byte for byte, so files A1111 writes read here and files written here
+read in A1111:
 
 - **Text chunk.** A `tEXt` chunk with keyword `sd-ti-embedding` holding
   `base64(json.dumps(payload))`, where every tensor is `{"TORCHTENSOR": nested list}` (default
