@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "cli.embedding_cmds",
     "cli.preprocess_cmd",
     "cli.train_cmd",
+    "cli.generate_cmd",
 ]
 
 
