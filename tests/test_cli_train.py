@@ -1,6 +1,7 @@
 """`python app.py train` as a subprocess: config file + flags, SIGKILL mid-run, resume, two CPU processes."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from embeddings.formats import load_embedding
 from training.checkpoint import load_bundle
@@ -99,3 +101,43 @@ def test_two_cpu_processes_with_accelerate(tiny_model, data, tmp_path, solid_dat
     final = load_embedding(run.final / "flatcol.safetensors")
     assert final.step == 2 and final.is_finite()
     assert not (data.runs / "ddp-2").exists()  # one run folder, not one per process
+
+
+def _launch_two(data, cfg: Path, *extra: str, port: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    launcher = Path(sys.executable).parent / "accelerate"
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "--main_process_port", str(port), str(ROOT / "app.py"), "--data-dir",
+           str(data.root), "train", "--no-bar", *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.mark.slow
+def test_two_processes_resume_is_bit_exact(tiny_model, data, tmp_path, solid_dataset, tiny_embedding):
+    """4 steps on two processes == 2 steps, resume, 2 more: every rank's random state is in the bundle.
+
+    Each rank draws its own noise and timesteps; a bundle holding only rank 0's state would give
+    rank 1 rank 0's stream after the resume, and the averaged gradients (so the vectors) would differ."""
+    starts = {}
+    for name in ("straight", "halves"):  # the library copy is overwritten by a finished run: one start each
+        starts[name] = tmp_path / name / "flatcol.safetensors"
+        starts[name].parent.mkdir()
+        shutil.copy(tiny_embedding, starts[name])
+    straight = _config(tmp_path, solid_dataset, max_steps=4, run_name="straight", save_every=0, flip_p=0.5,
+                       embedding=str(starts["straight"]))
+    _launch_two(data, straight, "--config", str(straight), port=29531)
+    halves = _config(tmp_path, solid_dataset, max_steps=2, run_name="halves", save_every=0, flip_p=0.5,
+                     embedding=str(starts["halves"]))
+    _launch_two(data, halves, "--config", str(halves), port=29533)
+    bundle = load_bundle(RunFolder(data.runs / "halves").bundle_path)
+    assert len(bundle.rank_rng) == 2  # both ranks' states, and they differ (seeded per rank)
+    assert not torch.equal(bundle.rank_rng[0]["generator"], bundle.rank_rng[1]["generator"])
+    proc = _launch_two(data, halves, "--resume", str(data.runs / "halves"), "--steps", "4", port=29535)
+    assert "resuming flatcol at step 2" in proc.stdout
+    a = load_embedding(RunFolder(data.runs / "straight").final / "flatcol.safetensors")
+    b = load_embedding(RunFolder(data.runs / "halves").final / "flatcol.safetensors")
+    assert a.step == b.step == 4
+    for key in a.vectors:
+        assert torch.equal(a.vectors[key], b.vectors[key]), key

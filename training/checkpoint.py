@@ -40,7 +40,9 @@ class TrainState:
     init_vectors: dict[str, torch.Tensor] = field(default_factory=dict)  # at the run's first step
     optimizer: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
-    rng: dict[str, Any] = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)  # the main process's generators
+    # Every process's generators, by rank, when the run had more than one (each draws its own noise).
+    rank_rng: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # TrainConfig.to_dict() + the trainer's own keys
     embedding_name: str = ""
     embedding_metadata: dict[str, Any] = field(default_factory=dict)
@@ -61,6 +63,22 @@ def capture_rng(generator: torch.Generator, prompt_rng: random.Random) -> dict[s
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
                   int(np_state[3]), float(np_state[4])],
     }
+
+
+def rng_for_rank(state: TrainState, rank: int, world: int) -> tuple[dict[str, Any] | None, str]:
+    """The generators process `rank` of `world` continues from, and a note when that is not exact.
+
+    A bundle written by the same number of processes gives each rank its own state. Any other
+    count (or a bundle from before per-rank states were saved) gives rank 0 the main process's
+    state and the other ranks their fresh seeds: training goes on, but not bit for bit."""
+    if len(state.rank_rng) == world and world > 1:
+        return state.rank_rng[rank], ""
+    saved = len(state.rank_rng) or 1
+    if saved == world:
+        return state.rng, ""
+    note = (f"the resume bundle holds the random state of {saved} process(es), this run has {world}: "
+            "the other processes start from fresh seeds, so the run is not an exact continuation")
+    return (state.rng if rank == 0 else None), note
 
 
 def restore_rng(rng: dict[str, Any], generator: torch.Generator, prompt_rng: random.Random) -> None:
@@ -85,6 +103,7 @@ def save_bundle(path: Path, state: TrainState) -> Path:
         "optimizer": _to_cpu(state.optimizer),
         "scaler": state.scaler,
         "rng": state.rng,
+        "rank_rng": list(state.rank_rng),
         "settings": {SCHEMA_KEY: TrainConfig.SETTINGS_VERSION, **state.settings},  # written now: today's
         "embedding_name": state.embedding_name,
         "embedding_metadata": state.embedding_metadata,
@@ -125,6 +144,7 @@ def load_bundle(path: Path) -> TrainState:
         optimizer=data["optimizer"],
         scaler=data["scaler"],
         rng=data["rng"],
+        rank_rng=list(data.get("rank_rng") or []),
         settings=settings,
         embedding_name=data["embedding_name"],
         embedding_metadata=data["embedding_metadata"],

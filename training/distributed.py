@@ -71,6 +71,15 @@ class DistContext:
             t.copy_(flat[offset : offset + n].view_as(t))
             offset += n
 
+    def gather_to_main(self, value: object) -> list[object] | None:
+        """Every process's `value` (picklable), by rank, on the main process; None elsewhere.
+        A collective: every process must call it at the same point of the loop."""
+        if self.world == 1:
+            return [value]
+        out: list[object] | None = [None] * self.world if self.is_main else None
+        tdist.gather_object(value, out, dst=0)
+        return out
+
     def barrier(self) -> None:
         if self.world > 1:
             tdist.barrier()

@@ -49,7 +49,7 @@ from diffusers import DDPMScheduler
 from embeddings.embedding import Embedding, EmbeddingError
 from embeddings.prompt import PromptEncoder
 from jobs.registry import Job
-from training.checkpoint import TrainState, capture_rng, load_bundle, restore_rng, save_bundle
+from training.checkpoint import TrainState, capture_rng, load_bundle, restore_rng, rng_for_rank, save_bundle
 from training.config import ConfigError, TrainConfig
 from training.dataset import EpochSampler, PromptBuilder, check_dataset, load_pixels, scan_dataset
 from training.device import DevicePlan, choose_device
@@ -157,6 +157,7 @@ class RunState:
     steps_timed: int = 0
     t_start: float = 0.0
     unwritable_logs: set[Path] = field(default_factory=set)
+    rank_rng: list[dict[str, Any]] = field(default_factory=list)  # every process's generators (main only)
 
     @property
     def main(self) -> bool:
@@ -181,10 +182,22 @@ class RunState:
             init_vectors=self.init_vectors, optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler else None,
             rng=capture_rng(self.ctx.generator, self.ctx.prompt_rng),
+            rank_rng=self.rank_rng if self.dist.world > 1 else [],
             settings={**self.config.to_dict(), "_origin_step": self.origin}, embedding_name=self.emb.name,
             embedding_metadata=self.emb.metadata, source_path=str(self.source or ""),
             not_learning_warned=self.not_learning_warned, smoothed_loss=self.smoothed,
         )
+
+    def save_due(self) -> bool:
+        """A save_every snapshot after this step (the same answer on every process)."""
+        return bool(self.config.save_every) and self.step % self.config.save_every == 0 and self.step < self.end
+
+    def gather_rng(self) -> None:
+        """Every process's generators to the main one, for the bundle it is about to write: each
+        process draws its own noise, so an exact resume needs them all. A collective: every process
+        calls it where the main one saves (before bookkeeping's save, in finish, on a NaN stop)."""
+        if self.dist.world > 1:
+            self.rank_rng = self.dist.gather_to_main(capture_rng(self.ctx.generator, self.ctx.prompt_rng)) or []
 
     def save_state(self) -> list[str]:
         """A snapshot in each format + the resume bundle: what an interrupt or save_every leaves.
@@ -281,6 +294,8 @@ def train(
                 break
             if outcome.kind == OutcomeKind.SKIPPED:
                 continue
+            if st.save_due():
+                st.gather_rng()
             if st.main:
                 bookkeeping(st, outcome)
             if job.stop_requested:
@@ -380,7 +395,11 @@ def prepare(config: TrainConfig, model, data_dir: DataDir, job: Job, *, run: Run
             st.fresh_optimizer = False
         if st.scaler is not None and state.scaler:
             st.scaler.load_state_dict(state.scaler)
-        restore_rng(state.rng, generator, prompt_rng)
+        rng, note = rng_for_rank(state, dist.rank, dist.world)
+        if rng is not None:
+            restore_rng(rng, generator, prompt_rng)
+        if note:
+            warn(note)
         st.epoch, st.batch_in_epoch = state.epoch, state.batch_in_epoch
         st.init_vectors = {k: v.to(plan.device) for k, v in state.init_vectors.items()} or st.init_vectors
         st.smoothed, st.not_learning_warned = state.smoothed_loss, state.not_learning_warned
@@ -505,6 +524,7 @@ def guarded_step(st: RunState) -> Outcome:
                 f"(loss {loss_value}); step skipped and the last good vectors restored "
                 f"({st.bad_in_a_row} in a row, stop at {config.nan_patience})")
         if st.bad_in_a_row >= config.nan_patience:
+            st.gather_rng()
             paths = st.save_state() if st.main else []
             raise TrainingError(
                 f"stopped: {st.bad_in_a_row} non-finite steps in a row at step {st.step} (learning rate "
@@ -586,7 +606,7 @@ def bookkeeping(st: RunState, outcome: Outcome) -> None:
                     f"(relative); raise the learning rate or check that prompts contain {st.emb.name!r}")
     if st.evaluator is not None and step % config.eval_every == 0:
         st.evaluate()
-    if config.save_every and step % config.save_every == 0 and step < st.end:
+    if st.save_due():
         st.save_state()
     if config.preview_every and step % config.preview_every == 0:
         st.write_previews(st.live_embedding(step))
@@ -600,6 +620,7 @@ def finish(st: RunState, stopped: str) -> TrainResult:
     if step >= st.end and stopped == "finished" and st.end < st.target:
         stopped = "schedule ended"
     result = TrainResult(str(st.run.path), step, step - st.start, stopped, fresh_optimizer=st.fresh_optimizer)
+    st.gather_rng()
     if not st.main:
         return result
     end_saved = st.save_state()
