@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs import events
 from jobs.registry import Job, JobRegistry
 from models.cache import get_model
 from training.config import TrainConfig
@@ -61,6 +62,7 @@ def execute(plan: RunPlan, data_dir: DataDir, job: Job, dist: DistContext | None
     from training.trainer import train
 
     job.message(f"loading base model {plan.config.model}")
+    job.progress(0, 1, phase="loading")
     model = get_model(plan.config.model, data_dir)
     return train(plan.config, model, data_dir, job, run=plan.run, resume=plan.resume, dist=dist)
 
@@ -92,7 +94,7 @@ def submit(registry: JobRegistry, plan: RunPlan, data_dir: DataDir) -> Job:
     job = registry.submit("train", title, lambda job: execute(plan, data_dir, job), log_path=plan.run.events_path)
     if ahead:
         job.message(f"queued: waiting for {ahead} job(s) ahead of this one")
-    job.emit("files", step=None, paths=[str(plan.run.path)], what="run folder")
+    job.emit(events.Files(paths=[plan.run.path], what=events.Files.RUN_FOLDER))
     return job
 
 

@@ -17,8 +17,8 @@ unscale, health check, clip -> AdamW.
 3. `bookkeeping()`: after a step, on the main process: logs, events, evaluation, snapshots, previews;
 4. `finish()`: the last snapshot, previews and evaluation, the final files and the library copy.
 
-The events the run emits are the typed events of `jobs.events` (progress, loss, norms, eval,
-preview, files, message, warning); the UI and the CLI read them through one fold.
+The run emits the typed events of `jobs.events` (Progress, Loss, Norms, Eval, Preview, Files,
+Message, Warning); the Train tab and `app.py train` read them through one fold (`jobs.view`).
 
 A full disk: a snapshot, resume bundle, preview or log row that cannot be written is a warning
 naming the file, and training goes on (every write is atomic, so the last good snapshot and bundle
@@ -47,7 +47,8 @@ import torch
 from diffusers import DDPMScheduler
 
 from embeddings.embedding import Embedding, EmbeddingError
-from embeddings.prompt import PromptEncoder
+from embeddings.prompt import GenerationStopped, PromptEncoder
+from jobs import events
 from jobs.registry import Job
 from training.checkpoint import TrainState, capture_rng, load_bundle, restore_rng, rng_for_rank, save_bundle
 from training.config import ConfigError, TrainConfig
@@ -156,6 +157,8 @@ class RunState:
     last_good: tuple[dict[str, torch.Tensor], dict] | None = None
     steps_timed: int = 0
     t_start: float = 0.0
+    preview_seconds: float = 0.0  # time spent in previews, kept out of the it/s and priced into the ETA
+    preview_rounds: int = 0
     unwritable_logs: set[Path] = field(default_factory=set)
     rank_rng: list[dict[str, Any]] = field(default_factory=list)  # every process's generators (main only)
 
@@ -214,7 +217,7 @@ class RunState:
         for e in failed:
             self.warn(f"step {self.step}: {e}; training goes on, earlier snapshots and the last resume bundle are kept")
         if saved:
-            self.job.emit("files", step=self.step, paths=saved, what="snapshot")
+            self.job.emit(events.Files(paths=saved, what=events.Files.SNAPSHOT, step=self.step))
         return saved
 
     def append_log(self, path: Path, append: Callable[..., None], *args: Any) -> None:
@@ -231,22 +234,32 @@ class RunState:
     def evaluate(self) -> None:
         ev = self.evaluator.loss(self.vectors)
         self.append_log(self.run.eval_csv, self.run.append_eval, self.step, ev)
-        self.job.emit("eval", step=self.step, loss=ev)
+        self.job.emit(events.Eval(step=self.step, loss=ev))
         if self.writer is not None:
             self.writer.add_scalar("loss/eval", ev, self.step)
 
     def write_previews(self, emb: Embedding) -> None:
         """Every preview of this step; a failed one is a warning (it must not end a long run)."""
-        step = self.step
+        step, t0 = self.step, time.time()
         for k, spec in enumerate(self.previews):
+            if self.job.stop_requested:
+                break
+            self.job.progress(k, len(self.previews), step=step, phase="preview")
             path = self.run.previews / f"{snapshot_name(emb.name, step)}-{k}.png"
             try:
                 render_preview(self.model, emb, spec, path, device=self.ctx.plan.device,
-                               dtype=self.ctx.plan.weight_dtype)
+                               dtype=self.ctx.plan.weight_dtype, should_stop=lambda: self.job.stop_requested)
+            except GenerationStopped:
+                self.say(f"preview at step {step} stopped by the interrupt")
+                break
             except Exception as e:
                 self.job.warning(f"preview at step {step} failed: {e}")
                 continue
-            self.job.emit("preview", step=step, path=str(path), prompt=spec.prompt, seed=spec.seed)
+            self.job.emit(events.Preview(step=step, path=str(path), prompt=spec.prompt, seed=spec.seed))
+        else:
+            self.preview_seconds += time.time() - t0
+            self.preview_rounds += 1
+        self.job.progress(len(self.previews), len(self.previews), step=step, phase="preview")
         if self.config.save_png_embeddings and self.previews:
             from embeddings.formats import save_embedding
 
@@ -255,7 +268,7 @@ class RunState:
                 first = self.run.previews / f"{snapshot_name(emb.name, step)}-0.png"
                 save_embedding(emb.copy(name=snapshot_name(emb.name, step)), png, fmt="png",
                                preview=first if first.is_file() else None)
-                self.job.emit("files", step=step, paths=[str(png)], what="png embedding")
+                self.job.emit(events.Files(paths=[str(png)], what=events.Files.PNG_EMBEDDING, step=step))
             except Exception as e:
                 self.job.warning(f"PNG embedding at step {step} failed: {e}")
 
@@ -421,7 +434,7 @@ def prepare(config: TrainConfig, model, data_dir: DataDir, job: Job, *, run: Run
         st.previews = preview_specs(config, model, lines[0], emb.name, records[0].caption if records else "",
                                     tuple(some.shape[-2:]))
         if st.evaluator is not None and state is None:  # the baseline the later eval points compare with
-            job.emit("eval", step=start, loss=st.evaluator.loss(vectors))
+            job.emit(events.Eval(step=start, loss=st.evaluator.loss(vectors)))
     st.last_good = _snapshot_state(vectors, optimizer)
     st.t_start = time.time()
     return st
@@ -588,12 +601,12 @@ def bookkeeping(st: RunState, outcome: Outcome) -> None:
     for k, ns in norms.items():
         row.update({f"norm_{k}_{i}": n for i, n in enumerate(ns)})
     st.append_log(st.run.loss_csv, st.run.append_loss, row)
-    elapsed = time.time() - st.t_start
+    elapsed = time.time() - st.t_start - st.preview_seconds
     it_s = st.steps_timed / elapsed if elapsed > 0 else 0.0
-    job.emit("loss", step=step, loss=outcome.loss, lr=outcome.lr, smoothed=st.smoothed, epoch=st.epoch)
-    job.emit("norms", step=step, norms=norms)
-    job.progress(step - st.start, st.end - st.start, step=step, it_s=round(it_s, 4),
-                 eta_s=round((st.end - step) / it_s, 1) if it_s > 0 else None, epoch=st.epoch)
+    job.emit(events.Loss(step=step, loss=outcome.loss, lr=outcome.lr, smoothed=st.smoothed, epoch=st.epoch))
+    job.emit(events.Norms(step=step, norms=norms))
+    job.progress(step - st.start, st.end - st.start, step=step, it_s=round(it_s, 4), eta_s=_eta(st, it_s),
+                 epoch=st.epoch)
     if st.writer is not None:
         st.writer.add_scalar("loss/train", outcome.loss, step)
         st.writer.add_scalar("loss/smoothed", st.smoothed, step)
@@ -625,7 +638,7 @@ def finish(st: RunState, stopped: str) -> TrainResult:
         return result
     end_saved = st.save_state()
     final = st.live_embedding(step)
-    if config.preview_every and step % config.preview_every != 0:
+    if config.preview_every and step % config.preview_every != 0 and stopped != "interrupted":
         st.write_previews(final)
     if config.eval_every and st.evaluator is not None and step % config.eval_every != 0:
         st.evaluate()
@@ -639,12 +652,33 @@ def finish(st: RunState, stopped: str) -> TrainResult:
             + (f"; the trained vectors (step {step}) are in {', '.join(kept)}" if kept else "")
             + f"; earlier files in {st.run.path} are intact. Free some space and copy a snapshot, or train again."
         ) from e
-    st.job.emit("files", step=step, paths=[*result.files.values(), result.embedding], what="final")
+    st.job.emit(events.Files(paths=[*result.files.values(), result.embedding], what=events.Files.FINAL, step=step))
     st.say(f"training {stopped} at step {step}; embedding saved to {result.embedding}")
     return result
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
+def _eta(st: RunState, it_s: float) -> float | None:
+    """Seconds left: the steps at the loop's own rate plus the previews still to come (measured
+    once one round ran; before that guessed from the step time: a preview step is ~1/3 of a
+    training step per image, twice with CFG, scaled by its size)."""
+    if it_s <= 0:
+        return None
+    left = (st.end - st.step) / it_s
+    every = st.config.preview_every
+    if every and st.previews:
+        rounds = st.end // every - st.step // every + (1 if st.end % every else 0)
+        if st.preview_rounds:
+            per_round = st.preview_seconds / st.preview_rounds
+        else:
+            spec = st.previews[0]
+            res = st.config.resolution or 512
+            scale = (spec.width * spec.height) / (res * res) / max(1, st.config.batch_size * st.config.grad_accum)
+            per_round = len(st.previews) * spec.steps * (2 if spec.cfg > 1 else 1) * scale / (3 * it_s)
+        left += rounds * per_round
+    return round(left, 1)
+
+
 def _move(module, device: torch.device, dtype: torch.dtype) -> None:
     """Move a frozen module; the dtype only when it changes (diffusers warns on every cast)."""
     if next(module.parameters()).dtype != dtype:
