@@ -47,6 +47,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from embeddings.embedding import Embedding, EmbeddingError
+from embeddings.library import EmbeddingLibrary
 from embeddings.prompt import GenerationStopped, PromptEncoder
 from jobs import events
 from jobs.registry import Job
@@ -66,9 +67,7 @@ from training.schedule import Schedule
 from training.templates import load_template
 from training.vector_shuffle import shuffle_order
 from workspace.atomic import SaveError, atomic_write_with
-from workspace.datadir import DataDir
-
-EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin", ".png", ".webp")
+from workspace.datadir import DataDir, DatasetNotFoundError
 
 
 @dataclass
@@ -716,36 +715,20 @@ def _tensorboard(run: RunFolder):
 
 # ---- inputs -----------------------------------------------------------------------------------------
 def resolve_embedding(spec: str, data_dir: DataDir) -> tuple[Embedding, Path]:
-    """An embedding by path, or by name in the embeddings folder (any supported format)."""
-    from embeddings.formats import load_embedding
-
-    spec = (spec or "").strip()
-    if not spec:
-        raise TrainingError("no embedding given: create one first (python app.py create NAME) or give a file")
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        candidates = [data_dir.embeddings / f"{spec}{s}" for s in EMBEDDING_SUFFIXES]
-        candidates += [p for p in data_dir.embeddings.rglob("*") if p.stem == spec and p.suffix in EMBEDDING_SUFFIXES]
-        found = [p for p in candidates if p.is_file()]
-        if not found:
-            raise TrainingError(f"embedding {spec!r} not found: not a file and not in {data_dir.embeddings}")
-        path = found[0]
+    """The embedding `spec` means, by the library's one rule (path, embedded name, file stem)."""
     try:
-        return load_embedding(path), path
+        entry = EmbeddingLibrary(data_dir.embeddings).resolve(spec)
+        return entry.require_embedding(), entry.path
     except EmbeddingError as e:
         raise TrainingError(str(e)) from e
 
 
 def resolve_dataset(spec: str, data_dir: DataDir) -> Path:
-    spec = (spec or "").strip()
-    if not spec:
-        raise TrainingError("no dataset folder given")
-    path = Path(spec).expanduser()
-    if not path.is_dir() and (data_dir.datasets / spec).is_dir():
-        path = data_dir.datasets / spec
-    if not path.is_dir():
-        raise TrainingError(f"dataset {spec!r}: no such folder (nor in {data_dir.datasets})")
-    return path
+    """The dataset folder `spec` means, by the data folder's one rule (`DataDir.find_dataset`)."""
+    try:
+        return data_dir.find_dataset(spec)
+    except DatasetNotFoundError as e:
+        raise TrainingError(str(e)) from e
 
 
 __all__ = ["Outcome", "OutcomeKind", "RunState", "StepContext", "TrainResult", "TrainingError", "bookkeeping",
