@@ -81,6 +81,8 @@ class BuiltinModel:
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "tiny": BuiltinModel("tiny", "sd1", {CLIP_L: 32}),
     "tiny-sdxl": BuiltinModel("tiny-sdxl", "sdxl", {CLIP_L: 32, CLIP_G: 64}),
+    # SD 2.x v-prediction at toy width; 48 is no other model's width, so a lone 48-wide tensor is CLIP-H.
+    "tiny-sd2v": BuiltinModel("tiny-sd2v", "sd2", {CLIP_H: 48}),
 }
 
 
@@ -107,13 +109,19 @@ def known_widths() -> str:
 def family_for_text_encoders(first_width: int, count: int) -> str:
     """The family a model with `count` text encoders, the first `first_width` wide, is loaded as.
 
-    Two encoders are SDXL. One encoder of SD 2.x's width is SD 2.x; any other width is the SD 1.x
-    layout (the tiny model's 32 included): published families are told apart by width, and a
-    one-encoder model at any other width can only be a CLIP-L variant.
+    Two encoders are SDXL. One encoder of SD 2.x's width is SD 2.x, and so is one of the toy width
+    of a one-encoder built-in (tiny-sd2v's 48 is SD 2.x, tiny's 32 SD 1.x); any other width is the
+    SD 1.x layout: published families are told apart by width, and a one-encoder model at any other
+    width can only be a CLIP-L variant.
     """
     if count >= 2:
         return "sdxl"
-    return "sd2" if first_width == ENCODERS[CLIP_H].width else "sd1"
+    if first_width == ENCODERS[CLIP_H].width:
+        return "sd2"
+    for builtin in BUILTIN_MODELS.values():
+        if list(builtin.widths.values()) == [first_width]:
+            return builtin.family
+    return "sd1"
 
 
 def single_encoder_key(width: int) -> str:

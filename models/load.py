@@ -15,11 +15,12 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
 def load_builtin_model(name: str, data_dir: DataDir) -> BaseModel:
-    """`tiny` (SD 1.x layout) or `tiny-sdxl`: random weights, built once into the cache, then
-    loaded like any diffusers folder."""
-    from models.tiny import ensure_tiny_model, ensure_tiny_sdxl_model
+    """`tiny` (SD 1.x layout), `tiny-sdxl` or `tiny-sd2v` (SD 2.x, v-prediction): random weights,
+    built once into the cache, then loaded like any diffusers folder."""
+    from models.tiny import ensure_tiny_model, ensure_tiny_sd2v_model, ensure_tiny_sdxl_model
 
-    ensure = {"tiny": ensure_tiny_model, "tiny-sdxl": ensure_tiny_sdxl_model}.get(name)
+    ensure = {"tiny": ensure_tiny_model, "tiny-sdxl": ensure_tiny_sdxl_model,
+              "tiny-sd2v": ensure_tiny_sd2v_model}.get(name)
     if ensure is None:
         raise ModelError(f"{name}: no such built-in model (choose from {', '.join(BUILTIN_MODELS)})")
     folder = ensure(data_dir.cache)

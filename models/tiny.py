@@ -1,4 +1,5 @@
-"""The built-in `tiny` and `tiny-sdxl` models: real SD 1.x / SDXL layouts at toy widths, random weights.
+"""The built-in `tiny`, `tiny-sdxl` and `tiny-sd2v` models: real SD 1.x / SDXL / SD 2.x (v-prediction)
+layouts at toy widths, random weights.
 
 It is generated deterministically from a fixed seed on first use and cached as an ordinary
 diffusers folder in the data folder, so every code path (folder loading, single-file
@@ -15,18 +16,21 @@ from pathlib import Path
 
 import torch
 
-from embeddings.families import BUILTIN_MODELS, CLIP_G, CLIP_L, FAMILIES
+from embeddings.families import BUILTIN_MODELS, CLIP_G, CLIP_H, CLIP_L, FAMILIES
 from models.tokenizer import write_clip_tokenizer
 
 TINY = BUILTIN_MODELS["tiny"]
 TINY_SDXL = BUILTIN_MODELS["tiny-sdxl"]
+TINY_SD2V = BUILTIN_MODELS["tiny-sd2v"]
 TINY_SEED = 20221002
 TINY_VERSION = 1  # bump when the architecture below changes; old caches are rebuilt
 TINY_SDXL_VERSION = 1
+TINY_SD2V_VERSION = 1
 
 TEXT_WIDTH = TINY.widths[CLIP_L]
 TEXT_WIDTH_2 = TINY_SDXL.widths[CLIP_G]
 SDXL_PADS = FAMILIES[TINY_SDXL.family].pad_tokens
+SD2_PAD = FAMILIES[TINY_SD2V.family].pad_tokens[0]
 
 
 def tiny_vae(seed: int, scaling_factor: float = 0.18215):
@@ -151,6 +155,56 @@ def tiny_sdxl_components(seed: int = TINY_SEED) -> dict:
     }
 
 
+def tiny_sd2v_components(seed: int = TINY_SEED) -> dict:
+    """SD 2.x (768-v) layout at toy width: one OpenCLIP-H-style text encoder (gelu, "!" padding,
+    its last layer is the one SD 2.x uses), a UNet with linear projections, per-level head counts
+    and upcast attention, and a v-prediction scheduler."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    width = TINY_SD2V.widths[CLIP_H]
+    torch.manual_seed(seed + 20)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=width,
+            intermediate_size=width * 2,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            projection_dim=width,
+            hidden_act="gelu",
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=0,  # "!" in the CLIP vocabulary
+        )
+    )
+    torch.manual_seed(seed + 21)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        layers_per_block=2,
+        block_out_channels=(32, 32, 64, 64),
+        norm_num_groups=8,
+        attention_head_dim=(2, 4, 8, 8),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=width,
+        use_linear_projection=True,
+        upcast_attention=True,
+    )
+    vae = tiny_vae(seed + 22)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
+    )
+    return {"text_encoder": text_encoder, "unet": unet, "vae": vae, "scheduler": scheduler}
+
+
 def ensure_tiny_model(cache_dir: Path) -> Path:
     """Build the tiny model folder under `cache_dir/models/tiny` if it is missing or stale."""
     return _ensure_builtin(cache_dir, TINY.name, TINY_VERSION, _save_tiny)
@@ -159,6 +213,11 @@ def ensure_tiny_model(cache_dir: Path) -> Path:
 def ensure_tiny_sdxl_model(cache_dir: Path) -> Path:
     """Build the tiny SDXL folder under `cache_dir/models/tiny-sdxl` if it is missing or stale."""
     return _ensure_builtin(cache_dir, TINY_SDXL.name, TINY_SDXL_VERSION, _save_tiny_sdxl)
+
+
+def ensure_tiny_sd2v_model(cache_dir: Path) -> Path:
+    """Build the tiny SD 2.x v-prediction folder under `cache_dir/models/tiny-sd2v` if missing or stale."""
+    return _ensure_builtin(cache_dir, TINY_SD2V.name, TINY_SD2V_VERSION, _save_tiny_sd2v)
 
 
 def _save_tiny(staging: Path) -> None:
@@ -177,6 +236,23 @@ def _save_tiny(staging: Path) -> None:
     pipe.save_pretrained(staging, safe_serialization=True)
     # save_pretrained in transformers 5 writes tokenizer.json only; keep our BPE files too.
     write_clip_tokenizer(staging / "tokenizer")
+
+
+def _save_tiny_sd2v(staging: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from models.tokenizer import load_clip_tokenizer
+
+    write_clip_tokenizer(staging / "tokenizer", pad_token=SD2_PAD)
+    pipe = StableDiffusionPipeline(
+        tokenizer=load_clip_tokenizer(staging / "tokenizer"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        **tiny_sd2v_components(),
+    )
+    pipe.save_pretrained(staging, safe_serialization=True)
+    write_clip_tokenizer(staging / "tokenizer", pad_token=SD2_PAD)
 
 
 def _save_tiny_sdxl(staging: Path) -> None:

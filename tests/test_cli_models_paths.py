@@ -101,7 +101,7 @@ def test_models_json_lists_folder_and_file(data, model_paths, capsys, tmp_path, 
     code, out, _ = run(capsys, "--data-dir", str(data.root), "models", "--json")
     assert code == 0
     listed = {m["name"]: m for m in json.loads(out)}
-    assert set(listed) == {"tiny", "tiny-sdxl", "my-tiny", "tiny-file.safetensors"}
+    assert set(listed) == {"tiny", "tiny-sdxl", "tiny-sd2v", "my-tiny", "tiny-file.safetensors"}
     assert (listed["my-tiny"]["kind"], listed["my-tiny"]["family"]) == ("diffusers", "sd1")
     single = listed["tiny-file.safetensors"]
     assert (single["kind"], single["family"]) == ("single-file", "sd1")

@@ -40,6 +40,7 @@ def test_one_tensor_files_and_one_encoder_models_follow_the_same_width_rule():
     assert single_encoder_key(32) == CLIP_L  # the tiny model's width: a CLIP-L layout
     assert [family_for_text_encoders(w, 1) for w in (768, 1024, 32)] == ["sd1", "sd2", "sd1"]
     assert family_for_text_encoders(32, 2) == "sdxl"
+    assert single_encoder_key(48) == CLIP_H and family_for_text_encoders(48, 1) == "sd2"  # tiny-sd2v's width
 
 
 def test_fitting_models_names_families_and_builtins():
@@ -74,7 +75,7 @@ def test_inspect_of_a_file_that_fits_nothing_lists_every_known_width(tmp_path, c
     assert main(["inspect", str(path)]) == 0
     fits = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("fits:"))
     assert "no known model family" in fits
-    for expected in ("sd1 768", "sd2 1024", "sdxl 768+1280", "tiny 32", "tiny-sdxl 32+64"):
+    for expected in ("sd1 768", "sd2 1024", "sdxl 768+1280", "tiny 32", "tiny-sdxl 32+64", "tiny-sd2v 48"):
         assert expected in fits
 
 
