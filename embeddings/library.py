@@ -30,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from embeddings.embedding import Embedding, EmbeddingError, EmbeddingFileError
 from embeddings.formats import EMBEDDING_SUFFIXES, is_image_format, load_embedding, save_embedding
 from embeddings.formats.diffusers_format import pair_paths
+from embeddings.formats.png_embed import find_data_blocks
 from embeddings.names import clean_name, shadowing_pairs, validate_name
 from workspace.atomic import atomic_write_with
 
@@ -381,10 +384,6 @@ class EmbeddingLibrary:
 
     def _rewrite_image(self, src: Path, target: Path, new_name: str) -> None:
         """Image names live inside the file: write a new PNG with the same picture (no new caption)."""
-        from PIL import Image
-
-        from embeddings.formats.png_embed import find_data_blocks
-
         emb = load_embedding(src)
         with Image.open(src) as im:
             picture = im.convert("RGB")

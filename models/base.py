@@ -1,4 +1,8 @@
-"""`BaseModel`: the loaded parts of a Stable Diffusion model that textual inversion needs."""
+"""`BaseModel`: the loaded parts of a Stable Diffusion model that textual inversion needs.
+
+`pipeline()` imports diffusers when called: it takes seconds to import, and every command line
+call imports this module (for `ModelError`).
+"""
 
 from __future__ import annotations
 

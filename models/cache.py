@@ -10,7 +10,10 @@ from __future__ import annotations
 import gc
 import threading
 
+import torch
+
 from models.base import BaseModel
+from models.load import load_base_model
 from workspace.datadir import DataDir
 
 _lock = threading.Lock()
@@ -20,8 +23,6 @@ _current: tuple[tuple[str, str], BaseModel] | None = None
 def get_model(spec: str, data_dir: DataDir) -> BaseModel:
     """The model for `spec` (as models.load.load_base_model reads it), loaded at most once."""
     global _current
-    from models.load import load_base_model
-
     key = ((spec or "").strip(), str(data_dir.root))
     with _lock:
         if _current is not None and _current[0] == key:
@@ -44,7 +45,5 @@ def clear() -> None:
 
 
 def _empty_accelerator_cache() -> None:
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -17,6 +17,7 @@ from typing import Any
 from embeddings.families import BUILTIN_MODELS, family_for_text_encoders
 from models.base import ModelError
 from models.load import SINGLE_FILE_SUFFIXES, hf_cache_dir
+from models.single_file import detect_family, read_safetensors_header
 from workspace.datadir import DataDir
 
 BUILTIN_NOTE = "random weights, for trying the workflow"
@@ -85,8 +86,6 @@ def scan_models_folder(folder: Path, skipped: list[Skipped] | None = None) -> li
 
 
 def _single_file_info(path: Path, name: str, skipped: list[Skipped] | None) -> ModelInfo | None:
-    from models.single_file import detect_family, read_safetensors_header
-
     try:
         size = path.stat().st_size
     except OSError:

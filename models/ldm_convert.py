@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from embeddings.families import ENCODERS, FAMILIES
 from workspace.atomic import atomic_path
@@ -248,8 +249,6 @@ def save_single_file(model, path: str | Path, *, embed_config: bool | None = Non
         metadata[CONFIG_METADATA_KEY] = config_json
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors.torch import save_file
-
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt", **metadata})
     elif suffix in (".ckpt", ".pt", ".pth"):

@@ -2,9 +2,9 @@
 
 How a file becomes a `BaseModel`, and why each step is there:
 
-1. Read it safely. `.safetensors` is checked against its own header first (a truncated
-   download is named as such); `.ckpt` goes through `torch.load(weights_only=True)`, so a pickle
-   that would run code is refused, never executed.
+1. Read it safely. `.safetensors` goes through `safetensors.safe_open`, which checks the file
+   against its own header first (a truncated download is named as such); `.ckpt` goes through
+   `torch.load(weights_only=True)`, so a pickle that would run code is refused, never executed.
 2. Detect the family (sd1 / sd2 / sdxl) from key names alone: the text encoder's layout tells
    them apart (`cond_stage_model.transformer` = OpenAI CLIP-L, `cond_stage_model.model` =
    OpenCLIP-H, `conditioner.embedders.*` = SDXL). LoRAs, embeddings, VAEs, inpainting and refiner
@@ -25,31 +25,36 @@ How a file becomes a `BaseModel`, and why each step is there:
    reason for the choice is kept in `BaseModel.extra["prediction_type_reason"]`.
 5. Build each component with diffusers' `from_single_file(state_dict, config=<dir>,
    local_files_only=True)` (its own LDM -> diffusers conversion), the text encoders with its CLIP
-   converter, the tokenizers with `models.tokenizer` (pad "!" for SD 2.x and SDXL's second).
+   converter, the tokenizers with `models.tokenizer` (with the family's pad tokens).
    Nothing touches the network, and no file outside the checkpoint and our folders is read.
+
+accelerate, diffusers and transformers are imported inside the functions that build models: they
+take seconds to import, and discovery reads checkpoint headers through this module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import pickle
 import re
-import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from embeddings.families import CLIP_G, CLIP_L, EOS_PAD, FAMILIES, FAMILY_NAMES
 from models.base import BaseModel, ModelError
 from models.hashing import short_hash
 from models.ldm_convert import CONFIG_METADATA_KEY, TEXT_PREFIXES, UNET_PREFIX, VAE_PREFIX, components_to_ldm
+from models.tokenizer import load_clip_tokenizer, write_clip_tokenizer
 from workspace.atomic import atomic_write_text
 from workspace.datadir import DataDir
 
@@ -57,7 +62,6 @@ log = logging.getLogger(__name__)
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
 
 @dataclass
@@ -76,45 +80,36 @@ class Checkpoint:
 # Reading files
 
 
-def read_safetensors_header(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """Key -> shape and the metadata of a `.safetensors` file, from its header only (cheap).
+@contextlib.contextmanager
+def _open_safetensors(path: Path) -> Iterator[Any]:
+    """`safe_open` on a checkpoint, its errors turned into a ModelError naming the file and the reason.
 
-    Also checks that the data the header promises is really there, so a partial download is
-    reported as truncated here rather than as a confusing error later.
+    safetensors checks the header against the file size when it opens a file, so a partial
+    download is reported as truncated here rather than as a confusing error later.
     """
-    path = Path(path)
     try:
         size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ModelError(f"{path.name}: not a checkpoint (file is {size} bytes)")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES or n > size - 8:
-                raise ModelError(f"{path.name}: not a safetensors file, or truncated (header length {n})")
-            raw = f.read(n)
+        handle = safe_open(str(path), framework="pt", device="cpu")
     except OSError as e:
         raise ModelError(f"{path.name}: cannot read: {e.strerror or e}") from e
-    try:
-        header = json.loads(raw)
-        if not isinstance(header, dict):
-            raise ValueError("header is not an object")
-    except ValueError as e:
-        raise ModelError(f"{path.name}: not a safetensors file (unreadable header: {e})") from e
-    metadata = header.pop("__metadata__", None) or {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    end = 0
-    try:
-        for key, info in header.items():
-            shapes[key] = tuple(int(d) for d in info["shape"])
-            end = max(end, int(info["data_offsets"][1]))
-    except (TypeError, KeyError, IndexError, ValueError) as e:
-        raise ModelError(f"{path.name}: not a safetensors file (bad tensor entry: {e})") from e
-    if 8 + n + end > size:
-        raise ModelError(
-            f"{path.name}: truncated: the header promises {8 + n + end} bytes, the file has {size} "
-            "(download it again)"
-        )
+    except SafetensorError as e:
+        reason = str(e).removeprefix("Error while deserializing header: ")
+        if size < 8:
+            raise ModelError(f"{path.name}: not a checkpoint (file is {size} bytes)") from e
+        if "not fully covered" in reason:
+            raise ModelError(f"{path.name}: truncated or damaged: its {size} bytes are not the data its "
+                             "header promises (download it again)") from e
+        raise ModelError(f"{path.name}: not a safetensors file ({reason})") from e
+    with handle as f:
+        yield f
+
+
+def read_safetensors_header(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Key -> shape and the metadata of a `.safetensors` file, from its header only (cheap)."""
+    path = Path(path)
+    with _open_safetensors(path) as f:
+        shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118 - not a dict
+        metadata = f.metadata() or {}
     return shapes, {str(k): str(v) for k, v in metadata.items()}
 
 
@@ -129,15 +124,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def _read_safetensors(path: Path) -> Checkpoint:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    _, metadata = read_safetensors_header(path)
-    try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise ModelError(f"{path.name}: cannot read as safetensors: {e}") from e
-    return Checkpoint(state=state, metadata=metadata)
+    with _open_safetensors(path) as f:
+        try:
+            state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - not a dict
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise ModelError(f"{path.name}: cannot read as safetensors: {e}") from e
+        metadata = f.metadata() or {}
+    return Checkpoint(state=state, metadata={str(k): str(v) for k, v in metadata.items()})
 
 
 def _read_torch(path: Path) -> Checkpoint:
@@ -336,8 +329,6 @@ def _same_shape(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
 
 def family_tokenizers(family: str, cache_dir: Path) -> list[Any]:
     """CLIP tokenizers for a family, written once into the cache from open_clip's vocabulary."""
-    from models.tokenizer import load_clip_tokenizer, write_clip_tokenizer
-
     out = []
     for pad in FAMILIES[family].pad_tokens:
         folder = cache_dir / "tokenizers" / ("clip" if pad == EOS_PAD else "clip-pad-bang")

@@ -2,7 +2,8 @@
 
 All SD families share OpenAI's CLIP vocabulary; only the pad token differs per text encoder
 (`embeddings.families.ENCODERS`; "!" is id 0). Writing vocab.json + merges.txt once lets transformers'
-`CLIPTokenizer` load it like any hub tokenizer folder.
+`CLIPTokenizer` load it like any hub tokenizer folder. transformers is imported only to load one
+(it takes seconds; writing the files does not need it).
 """
 
 from __future__ import annotations

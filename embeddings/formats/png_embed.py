@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from embeddings.embedding import Embedding, EmbeddingError, EmbeddingFileError
 from embeddings.families import CLIP_G, CLIP_L
@@ -109,8 +111,6 @@ def _xor_block(block: np.ndarray) -> np.ndarray:
 
 def _decorate(block: np.ndarray, shades: np.ndarray) -> np.ndarray:
     """XOR a dotted grey pattern into the high nibble (cosmetic: the decoder drops high nibbles)."""
-    from PIL import Image, ImageDraw
-
     h, w = block.shape[0], block.shape[1]
     canvas = Image.new("RGB", (w, h))
     draw = ImageDraw.Draw(canvas)
@@ -134,8 +134,6 @@ def _edge_shades(first_vector: torch.Tensor) -> np.ndarray:
 
 def insert_data_embed(picture, payload: dict, first_vector: torch.Tensor):
     """The picture with the payload's low-nibble block on its left and high-nibble block on its right."""
-    from PIL import Image
-
     data = np.frombuffer(zlib.compress(payload_json(payload).encode(), level=9), np.uint8)
     h = picture.size[1]
     n = data.size + (h - data.size % h)
@@ -200,8 +198,6 @@ def extract_data_embed(image) -> Any:
 
 # ---------------------------------------------------------------- caption overlay and default picture
 def _font(size: int):
-    from PIL import ImageFont
-
     size = max(1, int(size))
     for name in ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
         try:
@@ -218,8 +214,6 @@ def _text_width(draw, text: str, font) -> float:
 
 def caption_overlay(picture, title: str, left: str, mid: str, right: str):
     """Darken top and bottom and write the title and three footers, like A1111's training PNGs."""
-    from PIL import Image, ImageDraw
-
     image = picture.convert("RGBA")
     w, h = image.size
     column = Image.new("RGBA", (1, h))
@@ -242,8 +236,6 @@ def caption_overlay(picture, title: str, left: str, mid: str, right: str):
 
 def default_picture(emb: Embedding, size: tuple[int, int] = DEFAULT_PICTURE):
     """A plain picture derived from the vectors (one colour band per vector) when no preview is given."""
-    from PIL import Image
-
     w, h = size
     first = next(iter(emb.vectors.values()))
     n = first.shape[0]
@@ -275,9 +267,6 @@ def info_b64(emb: Embedding) -> bytes:
 
 def build_png(emb: Embedding, preview=None, *, caption: bool = True):
     """(image, PngInfo) for `emb`: captioned picture with data blocks, plus both text chunks."""
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
     if preview is None:
         picture = default_picture(emb)
     elif isinstance(preview, str | Path):
@@ -327,8 +316,6 @@ def _decode_b64_json(value: Any) -> Any:
 
 
 def load_image_embedding(path: Path) -> Embedding:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             im.load()

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
 from embeddings.embedding import Embedding, EmbeddingFileError
 from embeddings.families import CLIP_G, CLIP_L
@@ -32,8 +34,6 @@ HEADER_VERSION = "1"
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = dict(f.metadata() or {})
@@ -91,8 +91,6 @@ def tensors_for(emb: Embedding) -> dict[str, torch.Tensor]:
 
 
 def safetensors_bytes(tensors: dict[str, torch.Tensor], header: dict[str, str] | None) -> bytes:
-    from safetensors.torch import save
-
     return save(tensors, metadata=header)
 
 
