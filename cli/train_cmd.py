@@ -8,12 +8,17 @@
 Flags override the config file; `--set key=value` reaches any TrainConfig field. Progress is a
 tqdm bar plus plain log lines from the job's events. Ctrl-C asks the run to stop after the
 current step; it saves a resumable snapshot and prints the command to resume.
+
+`app.py` imports every command module to build its parser, so torch, diffusers and the training
+modules are imported inside the functions that run a command, never at module level.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 from cli import CliError
@@ -208,9 +213,6 @@ class _Tail:
 def _run_distributed(args, dd, dist) -> int:
     """Every process runs the loop; the main one plans the run (creates or resumes the folder, as
     the worker path does) and tells the others, and only it writes the event log and prints."""
-    import threading
-    from pathlib import Path
-
     import torch.distributed as tdist
 
     from jobs.registry import Job, run_job

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from embeddings.names import NameMatcher, tokenize_plain
 from preprocessing.geometry import apply_plan, plan_cover
 from preprocessing.images import IMAGE_SUFFIXES, ImageReadError, LoadedImage, open_image
 from training.config import ConfigError, TrainConfig
@@ -445,8 +446,6 @@ class DatasetReport:
 def _contains_name(prompt: str, name: str, tokenizer, matcher) -> bool:
     if tokenizer is None:
         return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", prompt, re.IGNORECASE) is not None
-    from embeddings.names import tokenize_plain
-
     return any(m.name == name for m in matcher.find(tokenize_plain(tokenizer, prompt)))
 
 
@@ -501,8 +500,6 @@ def check_dataset(
 
     matcher = None
     if tokenizer is not None:
-        from embeddings.names import NameMatcher, tokenize_plain
-
         matcher = NameMatcher(tokenizer, [name])
     caption = next((r.caption for r in records if r.caption), "")
     good_lines = [ln for ln in lines if _contains_name(render(ln, name, caption), name, tokenizer, matcher)]

@@ -5,6 +5,9 @@ config is validated before anything is queued (bad schedule syntax is an error n
 later), the run folder exists from the moment the job is queued (its events.jsonl is the job's
 log), and the base model comes from one process-wide cache so the Generate tab and the worker
 share one loaded copy.
+
+The loop (`training.trainer`, which imports diffusers) is imported when a run starts, not when
+the UI imports this module: starting the app stays fast.
 """
 
 from __future__ import annotations

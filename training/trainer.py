@@ -47,6 +47,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from embeddings.embedding import Embedding, EmbeddingError
+from embeddings.formats import save_embedding
 from embeddings.library import EmbeddingLibrary
 from embeddings.prompt import GenerationStopped, PromptEncoder
 from jobs import events
@@ -260,8 +261,6 @@ class RunState:
             self.preview_rounds += 1
         self.job.progress(len(self.previews), len(self.previews), step=step, phase="preview")
         if self.config.save_png_embeddings and self.previews:
-            from embeddings.formats import save_embedding
-
             try:
                 png = self.run.image_embeddings / f"{snapshot_name(emb.name, step)}.png"
                 first = self.run.previews / f"{snapshot_name(emb.name, step)}-0.png"
