@@ -1,4 +1,8 @@
-"""Resolve a model argument (`tiny`, a folder, a checkpoint file, a hub id) and load it offline."""
+"""Resolve a model argument (`tiny`, a folder, a checkpoint file, a hub id) and load it offline.
+
+diffusers and transformers are imported inside the function that builds a model: they take
+seconds to import, and every command line call imports this module (discovery, errors).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,14 @@ import json
 import os
 from pathlib import Path
 
+from huggingface_hub import constants, snapshot_download
+
 from embeddings.families import BUILTIN_MODELS, FAMILIES, family_for_text_encoders
 from models.base import BaseModel, ModelError
 from models.hashing import short_hash
+from models.single_file import load_single_file
+from models.tiny import ensure_tiny_model, ensure_tiny_sd2v_model, ensure_tiny_sdxl_model
+from models.tokenizer import load_clip_tokenizer
 from workspace.datadir import DataDir
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -17,8 +26,6 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 def load_builtin_model(name: str, data_dir: DataDir) -> BaseModel:
     """`tiny` (SD 1.x layout), `tiny-sdxl` or `tiny-sd2v` (SD 2.x, v-prediction): random weights,
     built once into the cache, then loaded like any diffusers folder."""
-    from models.tiny import ensure_tiny_model, ensure_tiny_sd2v_model, ensure_tiny_sdxl_model
-
     ensure = {"tiny": ensure_tiny_model, "tiny-sdxl": ensure_tiny_sdxl_model,
               "tiny-sd2v": ensure_tiny_sd2v_model}.get(name)
     if ensure is None:
@@ -45,8 +52,6 @@ def load_base_model(spec: str, data_dir: DataDir) -> BaseModel:
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
             raise ModelError(f"{path.name}: not a checkpoint (expected .safetensors or .ckpt)")
-        from models.single_file import load_single_file
-
         return load_single_file(path, data_dir=data_dir)
     if "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1:
         return load_hub_model(spec, data_dir)
@@ -58,8 +63,6 @@ def hf_cache_dir() -> Path:
     env = os.environ.get("HF_HUB_CACHE")
     if env:
         return Path(env).expanduser()
-    from huggingface_hub import constants
-
     return Path(constants.HF_HUB_CACHE)
 
 
@@ -76,8 +79,6 @@ HUB_PATTERNS = {
 
 def load_hub_model(repo_id: str, data_dir: DataDir) -> BaseModel:
     """A diffusers model from the local HF cache (or downloaded, only if downloads are on)."""
-    from huggingface_hub import snapshot_download
-
     offline = not hub_downloads_enabled()
     try:
         folder = snapshot_download(repo_id, cache_dir=hf_cache_dir(), local_files_only=offline, **HUB_PATTERNS)
@@ -107,8 +108,6 @@ def load_diffusers_folder(
     import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    from models.tokenizer import load_clip_tokenizer
 
     folder = Path(folder)
     try:

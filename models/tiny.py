@@ -4,7 +4,8 @@ layouts at toy widths, random weights.
 It is generated deterministically from a fixed seed on first use and cached as an ordinary
 diffusers folder in the data folder, so every code path (folder loading, single-file
 conversion, training, previews) treats it like a real model. Its images are noise: it exists
-for trying the workflow and for tests.
+for trying the workflow and for tests. diffusers and transformers are imported only to build one
+(they take seconds to import).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from embeddings.families import BUILTIN_MODELS, CLIP_G, CLIP_H, CLIP_L, FAMILIES
-from models.tokenizer import write_clip_tokenizer
+from models.tokenizer import load_clip_tokenizer, write_clip_tokenizer
 
 TINY = BUILTIN_MODELS["tiny"]
 TINY_SDXL = BUILTIN_MODELS["tiny-sdxl"]
@@ -223,8 +224,6 @@ def ensure_tiny_sd2v_model(cache_dir: Path) -> Path:
 def _save_tiny(staging: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
-    from models.tokenizer import load_clip_tokenizer
-
     write_clip_tokenizer(staging / "tokenizer")
     pipe = StableDiffusionPipeline(
         tokenizer=load_clip_tokenizer(staging / "tokenizer"),
@@ -241,8 +240,6 @@ def _save_tiny(staging: Path) -> None:
 def _save_tiny_sd2v(staging: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
-    from models.tokenizer import load_clip_tokenizer
-
     write_clip_tokenizer(staging / "tokenizer", pad_token=SD2_PAD)
     pipe = StableDiffusionPipeline(
         tokenizer=load_clip_tokenizer(staging / "tokenizer"),
@@ -257,8 +254,6 @@ def _save_tiny_sd2v(staging: Path) -> None:
 
 def _save_tiny_sdxl(staging: Path) -> None:
     from diffusers import StableDiffusionXLPipeline
-
-    from models.tokenizer import load_clip_tokenizer
 
     write_clip_tokenizer(staging / "tokenizer")
     write_clip_tokenizer(staging / "tokenizer_2", pad_token=SDXL_PADS[1])
