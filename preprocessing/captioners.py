@@ -4,6 +4,9 @@ A captioner is loaded once per job, used in batches on one device, and closed at
 its memory goes back before training starts. Loading never touches the network unless the
 caller allows it: offline, a missing model is a one-line `CaptionerError` saying how to get
 it, not the hub client's minutes of retries before it gives up.
+
+torch and transformers are imported only when a model captioner is built or run: they take
+seconds to import, and preprocessing without a captioner never needs them.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -164,8 +169,6 @@ def _first_line(e: BaseException) -> str:
 
 
 def _temp_tiny_dir() -> Path:
-    import tempfile
-
     return Path(tempfile.gettempdir()) / f"ti-studio-tiny-blip-{TINY_BLIP_VERSION}"
 
 
@@ -184,9 +187,6 @@ def build_tiny_blip(folder: str | Path) -> Path:
                 return folder
         except (OSError, ValueError):
             pass
-
-    import shutil
-    import tempfile
 
     import torch
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor

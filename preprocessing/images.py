@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
 # The one list of image types the app reads; the training dataset scanner imports it too.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -40,8 +40,6 @@ def parse_color(value: str | tuple[int, int, int]) -> tuple[int, int, int]:
         if "," in text:
             rgb = tuple(int(v) for v in text.split(","))
         else:
-            from PIL import ImageColor
-
             try:
                 rgb = ImageColor.getrgb(text if not _is_bare_hex(text) else "#" + text)[:3]
             except ValueError as e:
