@@ -37,7 +37,7 @@ from embeddings.formats import EMBEDDING_SUFFIXES, is_image_format, load_embeddi
 from embeddings.formats.diffusers_format import pair_paths
 from embeddings.formats.png_embed import find_data_blocks
 from embeddings.names import clean_name, shadowing_pairs, validate_name
-from workspace.atomic import atomic_write_with
+from workspace.atomic import atomic_write_with, remove_stale_temps
 
 TRASH = ".trash"
 _PAIR_SUFFIXES = (".bin", ".safetensors")
@@ -130,6 +130,7 @@ class EmbeddingLibrary:
         found: list[Path] = []
         if not self.folder.is_dir():
             return found
+        remove_stale_temps(self.folder, recursive=True)  # a killed save's litter (linked folders: never)
         for root, dirs, files in os.walk(self.folder, followlinks=True):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for f in sorted(files):

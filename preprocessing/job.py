@@ -39,7 +39,7 @@ from preprocessing.captions import (
 from preprocessing.geometry import apply_plan, focal_box, mirror, plan_crops
 from preprocessing.images import ImageReadError, is_image_name, open_image
 from preprocessing.options import PreprocessOptions
-from workspace.atomic import atomic_write_with, is_disk_full
+from workspace.atomic import atomic_write_with, is_disk_full, remove_stale_temps
 
 if TYPE_CHECKING:
     from jobs.registry import Job
@@ -132,6 +132,7 @@ def run_preprocess(src: str | Path, dst: str | Path | None, options: PreprocessO
     check_folders(src, dst, options)
     src_path = Path(src).expanduser()
     dst_path = src_path if options.caption_only else _prepare_destination(Path(dst).expanduser(), options.on_existing)
+    remove_stale_temps(dst_path)  # what a killed earlier run left half-written
 
     result = PreprocessResult(src=str(src_path), dst=str(dst_path))
     entries, skipped_now = _scan(src_path, options.recursive)
@@ -292,12 +293,58 @@ def _ext(options: PreprocessOptions, image: Image.Image) -> str:
     return "png" if image.mode == "RGBA" else options.output_format
 
 
+_OUTPUT_EXTS = ("png", "jpg", "webp")
+
+
 def _already_done(source: _Source, dst: Path, options: PreprocessOptions) -> bool:
+    """Every output of `source` is there: each part of a split (a kill between parts leaves the
+    later ones to the rerun), each with its caption file when the first part has one.
+
+    Within a part the caption and the flipped copy are written before the crop itself, so the
+    crop's image standing means its part is whole. Nothing is decoded unless the first part
+    exists; then only the header is read, for the number of parts."""
     if options.on_existing != "skip":
         return False
-    if options.caption_to == "filename":
-        return any(dst.glob(f"{source.index:05}-0-*"))
-    return any((dst / f"{source.key}{suffix}.{ext}").exists() for suffix in ("", "-p1") for ext in ("png", "jpg", "webp"))
+
+    def output(i: int, n: int) -> Path | None:
+        """The image written for part `i` of `n`, if there is one."""
+        if options.caption_to == "filename":
+            return next((p for p in sorted(dst.glob(f"{source.index:05}-{i}-*"))
+                         if p.suffix.lstrip(".") in _OUTPUT_EXTS), None)
+        stem = source.key if n == 1 else f"{source.key}-p{i + 1}"
+        return next((dst / f"{stem}.{e}" for e in _OUTPUT_EXTS if (dst / f"{stem}.{e}").exists()), None)
+
+    if output(0, 1) is None and output(0, 2) is None:
+        return False
+    nparts = _planned_parts(source, options) if options.split else 1
+    if nparts is None:
+        return False  # unreadable now: the normal path reports why
+    outputs = [output(i, nparts) for i in range(nparts)]
+    if any(o is None for o in outputs):
+        return False
+    if options.caption_to == "sidecar" and caption_path(outputs[0]).exists():
+        return all(caption_path(o).exists() for o in outputs)
+    return True
+
+
+def _planned_parts(source: _Source, options: PreprocessOptions) -> int | None:
+    """How many crops the split makes of `source`, from its header (size and EXIF orientation)."""
+    try:
+        with Image.open(source.path) as img:
+            w, h = img.size
+            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated a quarter turn when opened
+                w, h = h, w
+    except Exception:  # noqa: BLE001 - any unreadable file is simply "not done"
+        return None
+    if w <= 0 or h <= 0 or (options.max_pixels and w * h > options.max_pixels):
+        return None
+    try:
+        plan = plan_crops(w, h, options.width, options.height, mode=options.crop, upscale=options.upscale,
+                          split=options.split, split_threshold=options.split_threshold,
+                          split_overlap=options.split_overlap, multiple_of=options.multiple_of)
+    except ValueError:
+        return None
+    return len(plan.boxes) if plan.kind != "focal" else 1
 
 
 # --- per image ----------------------------------------------------------------------------------

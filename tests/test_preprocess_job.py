@@ -291,3 +291,31 @@ def test_focal_and_fit_modes_in_the_job(tmp_path):
     fit = run_preprocess(s, tmp_path / "fit", opts(crop="fit"))
     # the target's area: sqrt(64*64 / (192*64)) = 0.577 -> 111x37 -> trimmed to multiples of 8
     assert Image.open(fit.outputs[0]).size == (104, 32)
+
+
+@pytest.mark.parametrize("caption_to", ["sidecar", "filename"])
+def test_split_source_is_done_only_when_every_part_exists(src, tmp_path, caption_to):
+    """A kill between the parts of a split leaves the first parts; the rerun (skip) writes the rest
+    instead of counting the source as done, and a whole source is still skipped."""
+    dst = tmp_path / "out"
+    o = opts(split=True, flip=True, prefix="sks", caption_to=caption_to)
+    first = run_preprocess(src, dst, o)
+    complete = files(dst)
+    wide = sorted(n for n in complete if "wide" in n or n.startswith("00002-"))
+    assert len([n for n in wide if n.endswith(".png")]) == 8  # 4 parts, each flipped
+    later = [n for n in wide if re.search(r"(-p[34](-flip)?\.)|(^0000[12]-[2367]-)", n)]
+    assert later and len(later) < len(wide)
+    for name in later:  # as a kill after the second part leaves it
+        (dst / name).unlink()
+    again = run_preprocess(src, dst, o)
+    assert files(dst) == complete
+    wide_src = str(src / "sub" / "wide.jpg")
+    assert wide_src not in again.already_done and len(again.already_done) == 2
+    assert sorted(again.outputs) == sorted(str(dst / n) for n in wide if n.endswith(".png"))
+    assert len(first.outputs) == len([n for n in complete if n.endswith(".png")])
+    if caption_to == "sidecar":  # a missing caption also makes the source unfinished
+        (dst / "sub-wide-p2.txt").unlink()
+        third = run_preprocess(src, dst, o)
+        assert wide_src not in third.already_done and files(dst) == complete
+    fourth = run_preprocess(src, dst, o)
+    assert fourth.outputs == [] and len(fourth.already_done) == 3

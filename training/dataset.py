@@ -34,6 +34,7 @@ from preprocessing.geometry import apply_plan, plan_cover
 from preprocessing.images import IMAGE_SUFFIXES, ImageReadError, LoadedImage, open_image
 from training.config import ConfigError, TrainConfig
 from training.templates import TemplateError, load_template, render
+from workspace.atomic import remove_stale_temps
 
 CAPTION_SUFFIX = ".txt"
 WHITE = (255, 255, 255)
@@ -273,6 +274,7 @@ def scan_dataset(folder: Path, opts: DataOptions) -> tuple[list[ImageRecord], li
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"dataset folder {str(folder)!r} does not exist or is not a folder")
+    remove_stale_temps(folder, recursive=True)  # a killed preprocess run's half-written images
     records: list[ImageRecord] = []
     skipped: list[tuple[Path, str]] = []
     for path in sorted(folder.rglob("*")):

@@ -67,7 +67,7 @@ from training.run_folder import RunFolder
 from training.schedule import Schedule
 from training.templates import load_template
 from training.vector_shuffle import shuffle_order
-from workspace.atomic import SaveError, atomic_write_with
+from workspace.atomic import SaveError, atomic_write_with, remove_stale_temps
 from workspace.datadir import DataDir, DatasetNotFoundError
 
 
@@ -420,6 +420,7 @@ def prepare(config: TrainConfig, model, data_dir: DataDir, job: Job, *, run: Run
 
     # ---- 1.5 the run folder, evaluation, previews -------------------------------------------------------
     if main:
+        remove_stale_temps(run.path, recursive=True)  # a killed run's half-written snapshots
         run.write_settings(config.to_dict())
         if source is not None and source.is_file() and not run.original.exists():
             run.original.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,11 @@ target file and says the plain reason ("disk full" for ENOSPC/EFBIG/EDQUOT). Cal
 a failed save means for them (a warning during training, the end of a preprocess job) without
 parsing library error strings.
 
+A kill (SIGKILL, power loss) between creating the temp file and renaming it leaves a hidden
+`.<name>.<pid>-<random>.tmp` behind. `remove_stale_temps` is the one rule for cleaning those up:
+a temp file is ours when its name has that shape, and stale when the process that wrote it (the
+pid in its name) is gone, or is a newer process that reused the pid. Nothing else is touched.
+
 Writers must let the OSError through. `torch.save` to a path or file object does not (it raises
 a RuntimeError without an errno), so torch payloads are serialized to bytes first and written
 with `atomic_write_bytes`.
@@ -17,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import os
+import re
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -98,7 +105,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=target.parent)
     except OSError as e:
         raise SaveError.from_os_error(target, e) from e
     tmp_path = Path(tmp)
@@ -116,6 +123,94 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     except BaseException:
         _remove(tmp_path)
         raise
+
+
+TEMP_SUFFIX = ".tmp"
+# `.<target name>.<pid>-<mkstemp's 8 random characters>.tmp`; before the pid was in the name:
+# `.<target name>.<8 random characters>.tmp` (cleaned up only once it is a day old).
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp$")
+UNKNOWN_WRITER_AGE_S = 24 * 3600
+
+
+def remove_stale_temps(folder: str | Path, *, recursive: bool = False) -> list[Path]:
+    """Delete our own temp files in `folder` whose writer can no longer be writing; return them.
+
+    Called when a folder is scanned or a job starts, so a kill leaves no hidden litter for long.
+    A temp file of a process that is still alive (this one included: another thread may be
+    writing it) is kept. Symlinks are never followed nor removed, and a file that cannot be
+    removed is left alone: cleaning up must never fail the scan or the job that asked for it.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        walker = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
+        for root, _dirs, files in walker:
+            for name in files:
+                if name.endswith(TEMP_SUFFIX) and name.startswith("."):
+                    path = Path(root) / name
+                    if is_stale_temp(path) and _try_remove(path):
+                        removed.append(path)
+    except OSError:
+        pass
+    return removed
+
+
+def remove_if_stale_temp(path: str | Path) -> bool:
+    """`remove_stale_temps` for one file met during a walk the caller makes anyway."""
+    path = Path(path)
+    return is_stale_temp(path) and _try_remove(path)
+
+
+def is_stale_temp(path: Path) -> bool:
+    """One of our temp files (by its name) whose writer is gone: see `remove_stale_temps`."""
+    m = _TEMP_NAME.match(path.name)
+    if m is None:
+        return False
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    if not os.path.isfile(path) or os.path.islink(path):
+        return False
+    if m["pid"] is None:  # an older name without the writer: only when no write can take that long
+        return time.time() - st.st_mtime > UNKNOWN_WRITER_AGE_S
+    pid = int(m["pid"])
+    if pid == os.getpid():
+        return False
+    if not _alive(pid):
+        return True
+    started = _process_start_time(pid)
+    return started is not None and started > st.st_mtime + 1.0  # the pid was reused by a newer process
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
+
+
+def _process_start_time(pid: int) -> float | None:
+    """When `pid` started (seconds since the epoch) on Linux; None where /proc cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: starttime, after the command name
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _try_remove(path: Path) -> bool:
+    try:
+        path.unlink()
+    except OSError:
+        return False
+    return True
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> Path:
