@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -165,11 +165,19 @@ def prompt_token_count(tokenizer, text: str, vector_counts: Mapping[str, int]) -
     return total
 
 
+class GenerationStopped(Exception):
+    """`generate` was asked to stop (`should_stop()` turned true) between two denoising steps."""
+
+
 @torch.no_grad()
 def generate(model, prompt: str, embeddings: Mapping[str, Embedding] | list[Embedding], *,
              negative_prompt: str = "", seed: int = 0, steps: int = 20, cfg: float = 7.0,
-             width: int | None = None, height: int | None = None, scheduler=None, clip_skip: int = 1):
-    """Plain text-to-image with embeddings in the prompt. Returns a PIL image."""
+             width: int | None = None, height: int | None = None, scheduler=None, clip_skip: int = 1,
+             should_stop: Callable[[], bool] | None = None):
+    """Plain text-to-image with embeddings in the prompt. Returns a PIL image.
+
+    `should_stop` is asked after every denoising step; when it says yes, GenerationStopped is
+    raised, so an interrupt during a training preview takes one step, not the whole image."""
     enc = PromptEncoder.for_embeddings(model, embeddings, clip_skip=clip_skip)
     vecs = embedding_vectors(embeddings)
     cond = enc.encode([prompt], vecs)
@@ -193,4 +201,11 @@ def generate(model, prompt: str, embeddings: Mapping[str, Embedding] | list[Embe
     if model.family == "sdxl":
         kwargs["pooled_prompt_embeds"] = cond.pooled.to(device, model.unet.dtype)
         kwargs["negative_pooled_prompt_embeds"] = uncond.pooled.to(device, model.unet.dtype)
+    if should_stop is not None:
+        def check(_pipe, _step, _timestep, callback_kwargs):
+            if should_stop():
+                raise GenerationStopped("stopped on request")
+            return callback_kwargs
+
+        kwargs["callback_on_step_end"] = check
     return pipe(**kwargs).images[0]

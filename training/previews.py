@@ -7,6 +7,7 @@ The VAE is brought to the accelerator only for the preview and sent back afterwa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +59,9 @@ def make_scheduler(model, name: str):
 
 
 def render_preview(model, embedding: Embedding, spec: PreviewSpec, path: Path, *, device: torch.device,
-                   dtype: torch.dtype) -> Path:
-    """Generate one preview with `embedding` (the live vectors, copied) and save it atomically."""
+                   dtype: torch.dtype, should_stop: Callable[[], bool] | None = None) -> Path:
+    """Generate one preview with `embedding` (the live vectors, copied) and save it atomically.
+    `should_stop` (an interrupt) is asked after each denoising step: embeddings.prompt.GenerationStopped."""
     from PIL.PngImagePlugin import PngInfo
 
     from embeddings.prompt import generate
@@ -72,6 +74,7 @@ def render_preview(model, embedding: Embedding, spec: PreviewSpec, path: Path, *
         image = generate(
             model, spec.prompt, [embedding], negative_prompt=spec.negative, seed=spec.seed, steps=spec.steps,
             cfg=spec.cfg, width=spec.width, height=spec.height, scheduler=make_scheduler(model, spec.scheduler),
+            should_stop=should_stop,
         )
     finally:
         model.vae.to(vae_device)
