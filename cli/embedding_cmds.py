@@ -6,6 +6,12 @@ from pathlib import Path
 
 from cli import CliError
 from cli.common import data_dir, print_json
+from embeddings.create import create_embedding, plan_embedding
+from embeddings.families import known_widths
+from embeddings.formats import FORMATS, export_name, load_embedding, save_embedding
+from embeddings.formats.diffusers_format import pair_paths
+from embeddings.formats.report import inspect_file
+from models.load import load_base_model
 
 
 def register(sub) -> None:
@@ -22,10 +28,6 @@ def register(sub) -> None:
 
 
 def run_create(args) -> int:
-    from embeddings.create import create_embedding, plan_embedding
-    from embeddings.formats import save_embedding
-    from models.load import load_base_model
-
     dd = data_dir(args)
     target = dd.embeddings / f"{args.name.strip()}.{args.format}"
     if target.exists() and not args.overwrite:
@@ -42,8 +44,6 @@ def run_create(args) -> int:
 
 
 def register_inspect_convert(sub) -> None:
-    from embeddings.formats import FORMATS
-
     p = sub.add_parser("inspect", help="show what an embedding file holds and which models it fits")
     p.add_argument("file", help="a .pt, .bin, .safetensors, .png or .webp embedding")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -60,9 +60,6 @@ def register_inspect_convert(sub) -> None:
 
 
 def run_inspect(args) -> int:
-    from embeddings.families import known_widths
-    from embeddings.formats.report import inspect_file
-
     report = inspect_file(Path(args.file))
     if args.json:
         print_json(report)
@@ -91,9 +88,6 @@ def run_inspect(args) -> int:
 
 
 def run_convert(args) -> int:
-    from embeddings.formats import export_name, load_embedding, save_embedding
-    from embeddings.formats.diffusers_format import pair_paths
-
     src = Path(args.file)
     emb = load_embedding(src)
     if not emb.is_finite():

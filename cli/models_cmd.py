@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from huggingface_hub import snapshot_download
+
 from cli import CliError
 from cli.common import data_dir, print_json
+from models.discovery import discover_models
+from models.ldm_convert import save_single_file
+from models.load import HUB_PATTERNS, hf_cache_dir, hub_downloads_enabled, load_base_model
+from models.single_file import load_single_file
 
 
 def register(sub) -> None:
@@ -36,8 +42,6 @@ def run_models(args) -> int:
 
 
 def _list(args) -> int:
-    from models.discovery import discover_models
-
     skipped: list = []
     models = discover_models(data_dir(args), skipped=skipped)
     if args.json:
@@ -70,9 +74,6 @@ def _size(n: int | None) -> str:
 
 
 def _info(args) -> int:
-    from models.load import load_base_model
-    from models.single_file import load_single_file
-
     dd = data_dir(args)
     path = Path(args.info).expanduser()
     if args.prediction_type and path.is_file():
@@ -89,12 +90,8 @@ def _info(args) -> int:
 
 
 def _download(args) -> int:
-    from models.load import HUB_PATTERNS, hf_cache_dir, hub_downloads_enabled
-
     if not hub_downloads_enabled():
         raise CliError(f"downloads are off: run `HF_HUB_OFFLINE=0 python app.py models --download {args.download}`")
-    from huggingface_hub import snapshot_download
-
     try:
         folder = snapshot_download(args.download, cache_dir=hf_cache_dir(), **HUB_PATTERNS)
     except (OSError, ValueError) as e:
@@ -104,9 +101,6 @@ def _download(args) -> int:
 
 
 def _export(args) -> int:
-    from models.ldm_convert import save_single_file
-    from models.load import load_base_model
-
     spec, target = args.export
     target_path = Path(target).expanduser()
     if target_path.exists():

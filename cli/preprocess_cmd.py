@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import threading
 
+from tqdm import tqdm
+
 from cli import CliError
 from cli.common import data_dir, print_json
+from jobs.registry import Job, JobState, run_job
 from jobs.view import JobView, fold
+from preprocessing import PreprocessError, PreprocessOptions, preprocess_job
+from preprocessing.captioners import CaptionerError
+from preprocessing.job import check_folders, load_captioner
 
 
 def register(sub) -> None:
@@ -54,8 +60,6 @@ def register(sub) -> None:
 
 
 def options_from_args(args, cache_dir: str | None = None):
-    from preprocessing import PreprocessOptions
-
     defaults = PreprocessOptions()
     width = args.width or args.size or defaults.width
     height = args.height or args.size or defaults.height
@@ -75,11 +79,6 @@ def options_from_args(args, cache_dir: str | None = None):
 
 
 def run(args) -> int:
-    from jobs.registry import Job, JobState, run_job
-    from preprocessing import PreprocessError, preprocess_job
-    from preprocessing.captioners import CaptionerError
-    from preprocessing.job import check_folders, load_captioner
-
     if args.dst is None and not args.caption_only:
         raise CliError("give a destination folder DST (or --caption-only to caption SRC in place)")
     cache = str(data_dir(args).cache) if args.data_dir else None
@@ -121,8 +120,6 @@ def run(args) -> int:
 def _follow(job, worker: threading.Thread, quiet: bool) -> list[str]:
     """Show the job's view (jobs.view) until it ends and return its warnings, oldest first;
     Ctrl-C asks the job to stop and waits for it."""
-    from tqdm import tqdm
-
     bar = None if quiet else tqdm(total=0, unit="img", desc="preprocess")
     view = JobView(title=job.title)
     cursor = 0
