@@ -51,6 +51,7 @@ class Family:
     name: str
     label: str
     encoder_keys: tuple[str, ...]
+    native_size: int = 512  # the image side the family was trained at: the default for training and previews
 
     @property
     def widths(self) -> dict[str, int]:
@@ -62,9 +63,10 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "sd1": Family("sd1", "SD 1.x", (CLIP_L,)),
-    "sd2": Family("sd2", "SD 2.x", (CLIP_H,)),
-    "sdxl": Family("sdxl", "SDXL", (CLIP_L, CLIP_G)),
+    "sd1": Family("sd1", "SD 1.x", (CLIP_L,), 512),
+    # 768 is SD 2.x-v's size (the common 2.x checkpoints); the 512 base is told by its own config
+    "sd2": Family("sd2", "SD 2.x", (CLIP_H,), 768),
+    "sdxl": Family("sdxl", "SDXL", (CLIP_L, CLIP_G), 1024),
 }
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
 
@@ -76,6 +78,7 @@ class BuiltinModel:
     name: str
     family: str
     widths: dict[str, int]
+    native_size: int = 64  # built-ins are tiny: 64 px images (8x8 latents)
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -84,6 +87,13 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     # SD 2.x v-prediction at toy width; 48 is no other model's width, so a lone 48-wide tensor is CLIP-H.
     "tiny-sd2v": BuiltinModel("tiny-sd2v", "sd2", {CLIP_H: 48}),
 }
+
+
+def native_size(name: str | None) -> int | None:
+    """The native image side of a built-in model or a family (its name), None when unknown."""
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name].native_size
+    return FAMILIES[name].native_size if name in FAMILIES else None
 
 
 def family_for_widths(widths: Mapping[str, int]) -> str | None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+RANDOM_WEIGHTS_NOTE = "random weights, for trying the workflow"  # what the built-in tiny models are for
+
 
 class ModelError(RuntimeError):
     """A base model that cannot be found or loaded. The message says what to do."""
@@ -48,7 +50,7 @@ class BaseModel:
 
     @property
     def label(self) -> str:
-        tag = " (random weights, for trying the workflow)" if self.random_weights else ""
+        tag = f" ({RANDOM_WEIGHTS_NOTE})" if self.random_weights else ""
         return f"{self.name} [{self.family}]{tag}"
 
     @property

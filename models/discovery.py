@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from embeddings.families import BUILTIN_MODELS, family_for_text_encoders
-from models.base import ModelError
+from models.base import RANDOM_WEIGHTS_NOTE, ModelError
 from models.load import SINGLE_FILE_SUFFIXES, hf_cache_dir
 from models.single_file import detect_family, read_safetensors_header
 from workspace.datadir import DataDir
 
-BUILTIN_NOTE = "random weights, for trying the workflow"
+BUILTIN_NOTE = RANDOM_WEIGHTS_NOTE
 
 
 @dataclass
