@@ -64,6 +64,18 @@ def render_preview(model, embedding: Embedding, spec: PreviewSpec, path: Path, *
     `should_stop` (an interrupt) is asked after each denoising step: embeddings.prompt.GenerationStopped."""
     from PIL.PngImagePlugin import PngInfo
 
+    image = preview_image(model, embedding, spec, device=device, dtype=dtype, should_stop=should_stop)
+    info = PngInfo()
+    info.add_text("parameters", spec.infotext(model, embedding))
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+    return path
+
+
+def preview_image(model, embedding: Embedding, spec: PreviewSpec, *, device: torch.device, dtype: torch.dtype,
+                  should_stop: Callable[[], bool] | None = None):
+    """The PIL image `spec` gives with `embedding`: what previews, CLIP scores and grids generate.
+    The VAE is brought to `device` only for the image and sent back afterwards."""
     from embeddings.prompt import generate
 
     vae_device = next(model.vae.parameters()).device
@@ -71,18 +83,13 @@ def render_preview(model, embedding: Embedding, spec: PreviewSpec, path: Path, *
         model.vae.to(dtype=dtype)
     model.vae.to(device=device)
     try:
-        image = generate(
+        return generate(
             model, spec.prompt, [embedding], negative_prompt=spec.negative, seed=spec.seed, steps=spec.steps,
             cfg=spec.cfg, width=spec.width, height=spec.height, scheduler=make_scheduler(model, spec.scheduler),
             should_stop=should_stop,
         )
     finally:
         model.vae.to(vae_device)
-    info = PngInfo()
-    info.add_text("parameters", spec.infotext(model, embedding))
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", pnginfo=info)
-    return path
 
 
 def preview_specs(config, model, first_line: str, name: str, first_caption: str,
