@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Progress:
     """How far the job is. Training: `done`/`total` count optimizer steps in this run (a resumed
-    run starts again at 0), `step` is the absolute step, `phase` is "latents" while the latent
-    cache is built (None in the loop). Preprocessing: `file` is the source just handled."""
+    run starts again at 0), `step` is the absolute step, `phase` is "loading" (the base model),
+    "latents" (the latent cache is built), "preview" (previews of `step`: `done` of `total`), or
+    None in the loop. Preprocessing: `file` is the source just handled."""
 
     kind: ClassVar[str] = "progress"
     done: int

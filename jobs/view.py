@@ -45,6 +45,7 @@ class JobView:
     state: str = "queued"
     ahead: int | None = None  # jobs ahead of this one, while it is queued
     progress: ev.Progress | None = None  # the latest, of any phase
+    loop: ev.Progress | None = None  # the latest of the training loop (phase None): steps, it/s, ETA
     losses: list[ev.Loss] = field(default_factory=list)
     norms: list[ev.Norms] = field(default_factory=list)
     evals: list[ev.Eval] = field(default_factory=list)
@@ -63,14 +64,54 @@ class JobView:
 
     @property
     def phase(self) -> str | None:
-        """"latents" while the latent cache is built, None in the training loop (or before)."""
-        return self.progress.phase if self.progress else None
+        """What the job is doing now: "loading" (the base model), "latents" (building the latent
+        cache), "preview" (rendering previews), None in the training loop or before it starts.
+        A preview round that ended (done == total) is back in the loop."""
+        p = self.progress
+        if p is None or (p.phase == "preview" and p.done >= p.total):
+            return None
+        return p.phase
+
+    @property
+    def end_step(self) -> int | None:
+        """The absolute step the run trains to (a resumed run's too), from the loop's progress."""
+        p = self.loop
+        if p is None or p.step is None:
+            return None
+        return p.step - p.done + p.total
 
     @property
     def fraction(self) -> float:
-        """How far the current phase is, 0..1 (a resumed run counts from where it resumed)."""
+        """How far the job is, 0..1: the latent cache while it is built, else the absolute step
+        over the step the run trains to, so a run resumed at 30 of 60 starts half way."""
         p = self.progress
-        return p.done / p.total if p and p.total else 0.0
+        if p is not None and p.phase in ("loading", "latents"):
+            return p.done / p.total if p.total else 0.0
+        end = self.end_step
+        if end:
+            return min(1.0, (self.step or 0) / end)
+        return p.done / p.total if p and p.total and p.phase is None else 0.0
+
+    def activity(self) -> str:
+        """The phase in words, for a status line: "loading model", "caching latents 3/7",
+        "training", "preview 1/2 at step 30" ("" before anything happened or once done)."""
+        p, phase = self.progress, self.phase
+        if p is None or self.done:
+            return ""
+        if phase == "loading":
+            return "loading model"
+        if phase == "latents":
+            return f"caching latents {p.done}/{p.total}"
+        if phase == "preview":
+            return f"preview {p.done + 1}/{p.total} at step {p.step}"
+        return "training" if self.loop is not None else ""
+
+    @property
+    def reason(self) -> str | None:
+        """Why a run did not train ("nothing to train: ..."), from its result."""
+        if isinstance(self.result, dict) and self.result.get("stopped") == "nothing to do":
+            return str(self.result.get("reason") or "nothing to train")
+        return None
 
     @property
     def step(self) -> int | None:
@@ -141,10 +182,13 @@ def _apply(view: JobView, e: JobEvent) -> None:
     match e:
         case ev.Progress():
             view.progress = e
+            if e.phase is None:
+                view.loop = e
         case ev.Loss():
             view.losses = _by_step(view.losses, e)
             view.norms = _before(view.norms, e.step)  # those of the run that was cut short
             view.evals = _before(view.evals, e.step)
+            view.previews = _before(view.previews, e.step)
         case ev.Norms():
             view.norms = _by_step(view.norms, e)
         case ev.Eval():
@@ -164,7 +208,7 @@ def _apply(view: JobView, e: JobEvent) -> None:
             view.result = e.value
         case ev.State():
             if view.done and e.state not in DONE_STATES:  # the next job of a resumed run's log
-                view.progress, view.result, view.error, view.error_type = None, None, None, None
+                view.progress, view.loop, view.result, view.error, view.error_type = None, None, None, None, None
             view.state = e.state
             view.ahead = e.ahead if e.state == "queued" else None
         case _:  # ev.Unknown: a kind from another version
@@ -186,22 +230,41 @@ def _before(series: list, step: int) -> list:
     return series
 
 
+def earlier_events(job: Any) -> list[Event]:
+    """The events of the jobs before `job` in its log file: a resumed run appends to the run's
+    `events.jsonl`, so the file holds the earlier jobs' loss, norms and previews. The job's own
+    part starts at its last `seq` 0; everything before it is history."""
+    path = getattr(job, "log_path", None)
+    if path is None or not path.is_file():
+        return []
+    logged = ev.read_log(path)
+    starts = [i for i, e in enumerate(logged) if e.seq == 0]
+    return logged[:starts[-1]] if starts else []
+
+
 class ViewCache:
     """The views of the last few jobs asked for, each kept current by folding only the events
-    past its cursor (`view.seen`). One cache serves every viewer of a page: a view depends only
-    on the job's log, not on who looks."""
+    past its cursor. One cache serves every viewer of a page: a view depends only on the job's
+    log, not on who looks. `history=True`: a view starts from the earlier jobs of the job's log
+    file (`earlier_events`), so a resumed run shows one timeline in absolute steps."""
 
-    def __init__(self, keep: int = 4) -> None:
+    def __init__(self, keep: int = 4, *, history: bool = False) -> None:
         self._keep = keep
-        self._views: dict[str, JobView] = {}
+        self._history = history
+        self._views: dict[str, tuple[JobView, int]] = {}  # job id -> (view, events of the job folded)
         self._lock = threading.Lock()
 
     def get(self, job: Any) -> JobView:
         """The view of `job` (a jobs.registry.Job) with every event it has so far."""
         with self._lock:
-            view = self._views.pop(job.id, None) or JobView(title=job.title)
-            fold(view, job.events_since(view.seen)[0])
-            self._views[job.id] = view  # most recently asked last
+            view, cursor = self._views.pop(job.id, (None, 0))
+            if view is None:
+                view = JobView(title=job.title)
+                if self._history:
+                    fold(view, earlier_events(job))
+            new, cursor = job.events_since(cursor)
+            fold(view, new)
+            self._views[job.id] = (view, cursor)  # most recently asked last
             while len(self._views) > self._keep:
                 del self._views[next(iter(self._views))]
         return view

@@ -6,6 +6,7 @@ what it added) and the Train tab's poll (a ViewCache, then `live_view`). Both mu
 one view `view_of` folds from the log, and print/draw what they did before the events were typed.
 """
 
+import html
 import re
 from pathlib import Path
 
@@ -72,15 +73,14 @@ def test_cli_and_train_tab_show_one_view_of_a_recorded_log(capsys):
     assert printed[-1] == f"run folder: {view.result['run_dir']}"
 
     shown = live_view(ViewCache().get(_replayed()))  # the Train tab's poll path
-    assert shown.status == status_markdown(view) == "**train flatcol** — finished · step 4/4 · 24.53 it/s · ETA 0:00"
+    assert shown.status == status_markdown(view) == "**train flatcol** — finished · step 12/12 · 24.53 it/s"
     assert shown.progress == view.fraction == 1.0 and not shown.running
     series = view.loss_series()
-    assert [tuple(r) for r in shown.loss[shown.loss.series == "loss"][["step", "loss"]].values] == series["loss"]
-    assert [tuple(r) for r in shown.loss[shown.loss.series == "smoothed"][["step", "loss"]].values] == \
-        series["smoothed"]
-    assert list(shown.norms.vector.unique()) == ["v0", "v1"] and len(shown.norms) == 2 * 12
+    assert shown.loss == {"loss": series["loss"], "smoothed": series["smoothed"], "eval": series["eval"]}
+    assert list(shown.norms) == ["v0", "v1"] and sum(map(len, shown.norms.values())) == 2 * 12
     assert shown.previews == [(p.path, f"step {p.step} · {p.prompt}") for p in view.previews]
-    assert shown.warnings == f"- ⚠ {view.warnings[0]}"
+    assert f'<li class="ti-warn">⚠ {html.escape(view.warnings[0])}</li>' in shown.log  # the log: every note, newest first
+    assert shown.log.index(view.messages[0]) < shown.log.index(view.messages[-1])
     assert shown.downloads == []  # the recorded files are not on this machine
 
 

@@ -1,5 +1,6 @@
 """The main workflows through the running app with gradio_client: what a browser would call."""
 
+import json
 import time
 
 import pytest
@@ -121,8 +122,8 @@ def test_preprocess_captions_train_interrupt_resume(app, tmp_path):
     _, note = c.predict("0.005:abc", "stepped", 10, 0, 0, api_name="/lr_schedule")
     assert note.startswith("**Learning rate:**")
 
-    report = c.predict("pset", "pcat", "subject_filewords", 64, api_name="/dataset_check")
-    assert "3 image(s)" in report and "trained at: 64x64" in report
+    summary, details = c.predict("pset", "pcat", "subject_filewords", 64, api_name="/dataset_check")
+    assert "3 image(s)" in summary and "trained at: 64x64" in details and "prompt:" not in details
 
     args = _train_args(embedding="pcat", dataset="pset", model="tiny", resolution=64, max_steps=10,
                        preview_every=5, save_every=5, preview_steps=2, snapshot_formats=["safetensors", "png"],
@@ -131,15 +132,24 @@ def test_preprocess_captions_train_interrupt_resume(app, tmp_path):
     assert "pcat" in msg
     job = _wait(lambda: app.ctx.registry.latest("train"), lambda j: j is not None and j.state.done)
     assert job.state.value == "finished", job.error
-    status, _, loss, norms, gallery, _, downloads = c.predict(api_name="/poll")  # the cursor State stays server-side
+    status, _, delta, gallery, log, downloads = c.predict(api_name="/poll")  # the Sent State stays server-side
     assert "step 10/10" in status
-    steps = sorted({r[0] for r in loss["data"] if r[2] == "loss"})
-    assert steps[-1] == 10 and len(steps) >= 5
-    assert norms["data"] and len(gallery) >= 2 and "step 5" in gallery[0]["caption"]
+    delta = json.loads(delta)
+    assert delta["reset"] and [s for s, _ in delta["loss"]["loss"]] == list(range(1, 11))
+    assert set(delta["loss"]) == {"loss", "smoothed"} and delta["norms"]["v0"]
+    assert len(gallery) >= 2 and "step 5" in gallery[0]["caption"]
+    assert "training finished at step 10" in log and log.index("training finished") < log.index("dataset")  # newest first
     suffixes = {p.rsplit(".", 1)[-1] for p in downloads}
     assert {"safetensors", "png"} <= suffixes
     for p in downloads:
         assert load_embedding(p).step == 10
+
+    # a start on an embedding already at the target step says why nothing was trained
+    c.predict(*args, api_name="/start_training")
+    idle = _wait(lambda: app.ctx.registry.latest("train"), lambda j: j is not job and j.state.done)
+    assert idle.result["stopped"] == "nothing to do"
+    status, *_ = c.predict(api_name="/poll")
+    assert "**Nothing trained:** nothing to train: pcat is already at step 10" in status
 
     # restore settings: picking the trained embedding fills the form with its settings
     restored = c.predict("pcat", api_name="/restore_settings")
@@ -167,6 +177,12 @@ def test_preprocess_captions_train_interrupt_resume(app, tmp_path):
     assert resumed.title.startswith("resume")
     c.predict(api_name="/interrupt")
     assert resumed.wait(120).value == "interrupted"
+    # one timeline: the resumed run's view holds the steps before the interrupt too, in absolute steps
+    status, _, delta, *_ = c.predict(api_name="/poll")
+    end = resumed.last("progress").data["step"]
+    steps = [s for s, _ in json.loads(delta)["loss"]["loss"]]
+    assert steps[0] == 11 and steps[-1] == end and stopped_at in steps  # pcat was at step 10
+    assert f"step {end}/5000" in status
 
 
 def test_failing_buttons_say_why_in_a_line(app):

@@ -25,7 +25,16 @@ TITLE = "Textual Inversion Studio"
 
 CSS = """
 #ti-header h1 { margin-bottom: 0; }
+#ti-header p { margin: 0; }
 .ti-status textarea { font-family: var(--font-mono); }
+.ti-hidden { display: none !important; }
+.ti-log { max-height: 9.5em; overflow-y: auto; margin: 0; padding: 0.2em 0.6em; list-style: none;
+          font-size: var(--text-sm); border: 1px solid var(--border-color-primary); border-radius: 4px; }
+.ti-log li { margin: 0.1em 0; }
+.ti-log li.ti-warn { color: var(--color-accent); font-weight: 600; }
+.ti-log li.ti-err { color: #dc2626; font-weight: 600; }
+.ti-chart { width: 100%; height: 220px; display: block; }
+.ti-chart-small { height: 170px; }
 """
 
 
@@ -62,8 +71,17 @@ def launch_settings(port: int = 7860, listen: bool = False, auth: str | None = N
 
 
 def drop_handler_js() -> str:
-    """The folder-drop handler, run once on page load (Gradio 6.31 ignores dropped folders)."""
-    return (STATIC / "folder_drop.js").read_text(encoding="utf-8")
+    """The page's own scripts, run once on page load: the folder-drop handler (Gradio 6.31 ignores
+    dropped folders) and the Train tab's charts (fed with only the new points)."""
+    parts = [(STATIC / name).read_text(encoding="utf-8") for name in ("folder_drop.js", "train_charts.js")]
+    # Gradio runs `js` as one function body: wrap each file so each keeps its own scope.
+    return "() => {\n" + "\n".join(f"({_as_function(p)})();" for p in parts) + "\n}"
+
+
+def _as_function(source: str) -> str:
+    """A script file as a function expression: a file that is already one `() => {...}` stays so."""
+    stripped = source.strip()
+    return stripped if stripped.startswith("() =>") or stripped.startswith("function") else f"() => {{\n{source}\n}}"
 
 
 def build(data: DataDir, *, model: str | None = None, ctx=None):
@@ -103,6 +121,13 @@ def _add_tabs(gr, ctx, demo) -> None:
                  show_progress="hidden")
     t_train.select(train.refresh_fn, train.refresh_inputs, train.refresh_outputs, api_visibility="private",
                    show_progress="hidden")
+    # The Train tab polls its job once a second; while another tab is shown it does not (the
+    # browser already stops the timer in a hidden window), and the charts redraw on coming back.
+    timer = train.timer
+    t_train.select(lambda: gr.Timer(active=True), None, timer, api_visibility="private", show_progress="hidden",
+                   js="() => { setTimeout(() => window.tiCharts && window.tiCharts.redraw(), 50); }")
+    for tab in (t_create, t_pre, t_emb, t_gen):
+        tab.select(lambda: gr.Timer(active=False), None, timer, api_visibility="private", show_progress="hidden")
     t_emb.select(emb.refresh_fn, emb.refresh_inputs, emb.refresh_outputs, api_visibility="private",
                  show_progress="hidden")
     t_gen.select(gen.refresh_fn, gen.refresh_inputs, gen.refresh_outputs, api_visibility="private",

@@ -25,15 +25,19 @@ class CreateTab:
     created: gr.Textbox  # name of the last created embedding: other tabs refresh on its change
 
 
-def model_dropdown(ctx: AppContext, label: str, elem_id: str) -> gr.Dropdown:
+MODEL_INFO = "tiny is built in (random weights). Or type a diffusers folder, a .safetensors/.ckpt file, or a hub id."
+
+
+def model_dropdown(ctx: AppContext, label: str, elem_id: str, info: str | None = MODEL_INFO) -> gr.Dropdown:
     choices = [(c.label, c.spec) for c in ctx.model_choices()]
     return gr.Dropdown(
         choices=choices,
         value=ctx.default_model_spec(),
         allow_custom_value=True,
         label=label,
-        info="tiny is built in (random weights). Or type a diffusers folder, a .safetensors/.ckpt file, or a hub id.",
+        info=info,
         elem_id=elem_id,
+        min_width=160,
     )
 
 

@@ -10,9 +10,10 @@ so reloading or opening a second tab re-attaches to it.
 from __future__ import annotations
 
 import dataclasses
+import html
+import json
 import logging
 import math
-import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,6 @@ from ui.state import AppContext
 
 log = logging.getLogger(__name__)
 
-# Up front; everything else goes in the "Advanced" accordion, grouped by topic (ADVANCED).
-BASIC = ("embedding", "dataset", "model", "template", "lr", "lr_kind", "max_steps", "batch_size",
-         "preview_every", "save_every", "preview_prompts", "resolution")
-SPECIAL = ("embedding", "dataset", "model", "template", "lr", "lr_kind")  # built by hand below
 # The Advanced accordion by topic. A TrainConfig field in no group lands in "Other", so a new
 # option still shows up the day it is added.
 ADVANCED: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -43,15 +40,14 @@ ADVANCED: tuple[tuple[str, tuple[str, ...]], ...] = (
                               "clip_mode", "clip_value", "seed")),
     ("Text encoder & vectors", ("vector_shuffle", "shuffle_prob", "clip_skip")),
     ("Precision & speed", ("gradient_checkpointing", "mixed_precision")),
-    ("Previews", ("preview_steps", "preview_cfg", "preview_scheduler", "preview_width", "preview_height",
+    ("Previews", ("preview_prompts", "preview_steps", "preview_cfg", "preview_scheduler", "preview_width", "preview_height",
                   "preview_seeds", "preview_negative")),
     ("Evaluation & health", ("tensorboard", "eval_every", "eval_images", "nan_patience", "not_learning_steps",
                              "not_learning_threshold")),
     ("Snapshots", ("save_png_embeddings", "snapshot_formats", "run_name")),
 )
 TEXTS: dict[str, FieldText] = {key: FieldText(*text) for key, text in FIELD_TEXT.items()}
-POLL_SECONDS = 1.0
-CHART_SECONDS = 5.0  # loss/norm charts, previews and downloads refresh this often while running
+POLL_SECONDS = 1.0  # status line; the page redraws the charts at most every 3 s (static/train_charts.js)
 MAX_PLOT_POINTS = 1500
 
 
@@ -187,11 +183,14 @@ def _dataset_path(ctx: AppContext, dataset: str) -> Path | None:
         return None
 
 
-def dataset_report(ctx: AppContext, dataset: str, embedding: str, template: str, resolution: float | None = None) -> str:
-    """The dataset check (counts, sizes, sample prompts), or a one-line problem."""
+def dataset_report(ctx: AppContext, dataset: str, embedding: str, template: str,
+                   resolution: float | None = None) -> tuple[str, str]:
+    """The dataset check as (one summary line, details in Markdown), or a one-line problem. The
+    sample prompts are left to the template preview, so they are not listed twice."""
     folder = _dataset_path(ctx, dataset)
     if folder is None:
-        return "Pick a dataset (make one in the Preprocess tab)." if not dataset else f"**{dataset}:** no such folder"
+        return ("Pick a dataset (make one in the Preprocess tab)." if not dataset
+                else f"**{dataset}:** no such folder"), ""
     from training.dataset import DataOptions, check_dataset
 
     try:
@@ -200,19 +199,10 @@ def dataset_report(ctx: AppContext, dataset: str, embedding: str, template: str,
         report = check_dataset(folder, opts, name=embedding or "", tokenizer=ctx.tokenizer(),
                                templates_dir=ctx.data.templates)
     except (ValueError, OSError) as e:
-        return f"**Dataset problem:** {short(str(e))}"
-    return _report_markdown(report)
-
-
-def _report_markdown(report: Any) -> str:
-    if hasattr(report, "describe"):
-        lines = report.describe()
-        return "\n".join(f"- {line}" for line in (lines if isinstance(lines, list) else [lines]))
-    if dataclasses.is_dataclass(report):
-        report = dataclasses.asdict(report)
-    if isinstance(report, dict):
-        return "\n".join(f"- **{k}:** {short(str(v), 200)}" for k, v in report.items())
-    return str(report)
+        return f"**Dataset problem:** {short(str(e))}", ""
+    lines = [line for line in report.describe() if not line.startswith("prompt: ")]
+    summary = lines[0] + "".join(f" · **{line}**" for line in lines[1:] if line.startswith("problem: "))
+    return summary, "\n".join(f"- {short(line, 200)}" for line in lines[1:])
 
 
 # --- the live view -------------------------------------------------------------------------------------------
@@ -220,10 +210,10 @@ def _report_markdown(report: Any) -> str:
 class LiveView:
     status: str
     progress: float
-    loss: pd.DataFrame | None
-    norms: pd.DataFrame | None
+    loss: dict[str, list[tuple[int, float]]]
+    norms: dict[str, list[tuple[int, float]]]
     previews: list[tuple[str, str]]
-    warnings: str
+    log: str
     downloads: list[str]
     running: bool
 
@@ -240,48 +230,53 @@ def current_job(ctx: AppContext):
 def live_view(view: JobView | None) -> LiveView:
     """Everything the page shows about a run, drawn from the one folded view of its events."""
     if view is None:
-        return LiveView("No training run yet.", 0.0, None, None, [], "", [], False)
-    return LiveView(status_markdown(view), view.fraction, loss_frame(view), norm_frame(view), preview_items(view),
-                    warnings_markdown(view), downloads(view), not view.done)
+        return LiveView("No training run yet.", 0.0, {}, {}, [], "", [], False)
+    return LiveView(status_markdown(view), view.fraction, loss_points(view), view.norm_series(), preview_items(view),
+                    log_html(view), downloads(view), not view.done)
 
 
 def status_markdown(view: JobView) -> str:
+    """One line: the job, its state and phase, the absolute step of the run (a resumed run counts
+    on from where it stopped), speed and time left; then why it did nothing or failed."""
     text = f"**{view.title}** — {view.state}"
     if view.state == "queued":
         text += f" (waiting for {view.ahead or 1} job(s) ahead to finish)"
-    p = view.progress
-    if p is not None:
-        text += (f" · step {p.done}/{p.total}" + (f" · {p.it_s:.2f} it/s" if p.it_s is not None else "")
-                 + f" · ETA {fmt_seconds(p.eta_s)}")
+    activity = view.activity()
+    if activity and activity != "training":
+        text += f" · {activity}"
+    p, end = view.loop, view.end_step
+    if p is not None and end is not None:
+        text += f" · step {view.step}/{end}" + (f" · {p.it_s:.2f} it/s" if p.it_s is not None else "")
+        if not view.done:
+            text += f" · ETA {fmt_seconds(p.eta_s)}"
+    if view.reason:
+        text += f"\n\n**Nothing trained:** {short(view.reason)}"
     if view.error:
         text += f"\n\n**Failed:** {short(view.error)}"
     return text
 
 
-def warnings_markdown(view: JobView) -> str:
-    lines = [("Error: " if n.level == "error" else "") + n.text for n in view.notes if n.level != "message"]
-    return "\n".join(f"- ⚠ {short(w)}" for w in lines[-20:])
+LOG_LINES = 200
 
 
-# A LinePlot gets None, not an empty DataFrame, while there is nothing to draw: Gradio 6.31's
-# LinePlot fixes its colour legend from the first value it draws, so starting from an empty frame
-# leaves every later line invisible.
-def loss_frame(view: JobView) -> pd.DataFrame | None:
+def log_html(view: JobView) -> str:
+    """The job's messages, warnings and errors, newest first, warnings and errors marked."""
+    if not view.notes:
+        return ""
+    marks = {"warning": ("ti-warn", "⚠ "), "error": ("ti-err", "✖ ")}
+    rows = []
+    for note in list(reversed(view.notes))[:LOG_LINES]:
+        cls, mark = marks.get(note.level, ("ti-msg", ""))
+        rows.append(f'<li class="{cls}">{mark}{html.escape(short(note.text, 500))}</li>')
+    return f'<ul class="ti-log">{"".join(rows)}</ul>'
+
+
+def loss_points(view: JobView) -> dict[str, list[tuple[int, float]]]:
     series = view.loss_series()
-    return _frame({name: series[name] for name in ("loss", "smoothed")}, ["step", "loss", "series"])
-
-
-def norm_frame(view: JobView) -> pd.DataFrame | None:
-    return _frame(view.norm_series(), ["step", "norm", "vector"])
-
-
-def _frame(series: dict[str, list[tuple[int, float]]], columns: list[str]) -> pd.DataFrame | None:
-    """Rows (step, value, series name), each series thinned to its share of MAX_PLOT_POINTS (so
-    a long run keeps every line, not every n-th row of all of them)."""
-    share = max(2, MAX_PLOT_POINTS // max(1, len(series)))
-    rows = [(step, value, name) for name, points in series.items() for step, value in _thin(points, share)]
-    rows.sort(key=lambda row: row[0])  # by step; stable, so each step's series keep their order
-    return pd.DataFrame(rows, columns=columns) if rows else None
+    out = {name: series[name] for name in ("loss", "smoothed")}
+    if series["eval"]:
+        out["eval"] = series["eval"]
+    return out
 
 
 def preview_items(view: JobView) -> list[tuple[str, str]]:
@@ -311,14 +306,76 @@ def _thin(rows: list, limit: int = MAX_PLOT_POINTS) -> list:
     return rows[::stride] + [rows[-1]]
 
 
-def _view_outputs(v: LiveView) -> list[Any]:
-    return [v.status, progress_html(v.progress), v.loss, v.norms, v.previews, v.warnings, v.downloads or None]
-
-
 def progress_html(fraction: float) -> str:
     pct = max(0.0, min(1.0, fraction)) * 100
     return (f'<div class="ti-progress" style="background:var(--neutral-200);border-radius:4px;height:10px">'
             f'<div style="width:{pct:.1f}%;background:var(--color-accent);height:10px;border-radius:4px"></div></div>')
+
+
+@dataclass
+class Sent:
+    """What one browser tab has been sent of one job, so a poll sends only what changed: chart
+    points past the last step sent, and the other outputs only when they differ."""
+
+    job: str = ""
+    # series -> (points sent, the last point sent): a series whose point there differs went back
+    points: dict[str, tuple[int, tuple[int, float] | None]] = dataclasses.field(default_factory=dict)
+    status: str = ""
+    bar: str = ""
+    log: int = -1
+    previews: int = -1
+    files: int = -1
+
+
+def chart_delta(sent: Sent, job_id: str, loss: dict[str, list[tuple[int, float]]],
+                norms: dict[str, list[tuple[int, float]]]) -> dict[str, Any] | None:
+    """The chart points this tab has not got yet, as {"job", "reset", "loss": {series: points},
+    "norms": {...}}; None when there are none. A series that went back (a resumed run logged a
+    step again) or a new job resets the page's charts and sends them whole (thinned)."""
+    reset = sent.job != job_id
+    for name, points in (*loss.items(), *norms.items()):
+        count, last = sent.points.get(name, (0, None))
+        if count and (len(points) < count or tuple(points[count - 1]) != last):
+            reset = True
+    if reset:
+        sent.job, sent.points = job_id, {}
+    out: dict[str, Any] = {"job": job_id, "reset": reset, "loss": {}, "norms": {}}
+    share = max(2, MAX_PLOT_POINTS // max(1, len(loss) + len(norms)))
+    for chart, series in (("loss", loss), ("norms", norms)):
+        for name, points in series.items():
+            count, _ = sent.points.get(name, (0, None))
+            new = points[count:]
+            if not new:
+                continue
+            out[chart][name] = [[s, _finite(v)] for s, v in (_thin(new, share) if reset else new)]
+            sent.points[name] = (len(points), tuple(points[-1]))
+    return out if reset or out["loss"] or out["norms"] else None
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def poll_outputs(view: JobView | None, job_id: str | None, sent: Sent) -> list[Any]:
+    """[status, bar, chart delta, previews, log, downloads] for one tick: gr.skip() for each that
+    this tab already shows."""
+    shown = live_view(view)
+    job_id = job_id or "none"
+    delta = chart_delta(sent, job_id, shown.loss, shown.norms)
+    out: list[Any] = []
+    bar = progress_html(shown.progress)
+    for attr, value in (("status", shown.status), ("bar", bar)):
+        out.append(gr.skip() if getattr(sent, attr) == value else value)
+        setattr(sent, attr, value)
+    out.append(gr.skip() if delta is None else json.dumps(delta, separators=(",", ":")))
+    counts = (("previews", len(view.previews) if view else 0, shown.previews),
+              ("log", len(view.notes) if view else 0, shown.log),
+              ("files", len(view.files) if view else 0, shown.downloads or None))
+    reset = delta is not None and delta["reset"]
+    for attr, count, value in counts:
+        out.append(value if reset or getattr(sent, attr) != count else gr.skip())
+        setattr(sent, attr, count)
+    return out
 
 
 # --- actions -----------------------------------------------------------------------------------------------
@@ -415,66 +472,122 @@ def restore_settings(ctx: AppContext, names: list[str], embedding: str) -> tuple
     return config_to_form_values(names, settings), f"Settings restored from **{embedding}** (step {emb.step})."
 
 
+def run_settings(ctx: AppContext, names: list[str]) -> tuple[list[Any], str] | None:
+    """The form values of the run on screen (the running or latest one), from its run folder's
+    settings, for a page that was just (re)loaded; None when there is no run to show."""
+    job = current_job(ctx)
+    if job is None:
+        return None
+    folder = view_of(job.events(events.Files)).run_folder
+    if not folder:
+        return None
+    from training.config import ConfigError
+    from training.run_folder import RunFolder
+
+    try:
+        settings = RunFolder(Path(folder)).read_settings()
+    except (ConfigError, OSError, ValueError) as e:
+        log.info("cannot read the settings of %s: %s", folder, e)
+        return None
+    return config_to_form_values(names, settings), f"Settings of the run on screen (**{job.title}**)."
+
+
+def native_resolution(ctx: AppContext, spec: str) -> int | None:
+    """The native image side of the model `spec` names (embeddings.families), None when unknown."""
+    from embeddings.families import native_size
+
+    spec = (spec or "").strip()
+    if native_size(spec) is not None and spec not in ("sd1", "sd2", "sdxl"):
+        return native_size(spec)
+    try:
+        from models.discovery import discover_models
+
+        info = next((m for m in discover_models(ctx.data) if m.spec == spec), None)
+    except Exception:  # an unreadable models folder must not break the form
+        log.exception("model discovery failed")
+        return None
+    return native_size(info.family) if info is not None else None
+
+
 # --- layout ------------------------------------------------------------------------------------------------
+# The essentials, three to a row, under the Start / Interrupt / Resume bar, so all of them show
+# without scrolling at 1400x1000; the rest is in "Advanced", the long reports are folded.
+ESSENTIAL_ROWS = (("embedding", "dataset", "model"), ("lr", "lr_kind", "max_steps"),
+                  ("batch_size", "resolution", "template"), ("preview_every", "save_every"))
+HIDDEN_CSS_CLASS = "ti-hidden"
+
+
 def build(ctx: AppContext, demo=None):
     from training.templates import list_templates
     from ui.common import Refresh
     from ui.create_tab import model_dropdown
 
     fields = _fields()
+    hints = {n: h for n, h, _ in fields}
+    defaults = {n: d for n, _, d in fields}
     comps: dict[str, gr.components.Component] = {}
     templates = list(list_templates(ctx.data.templates))
-    with gr.Row():
-        with gr.Column(scale=3):
-            with gr.Row():
-                comps["embedding"] = gr.Dropdown(ctx.embedding_names(), label="Embedding",
-                                                 elem_id="train_embedding", allow_custom_value=True)
-                comps["dataset"] = gr.Dropdown(ctx.datasets(), label="Dataset", elem_id="train_dataset",
-                                               allow_custom_value=True)
-            restored = gr.Markdown(elem_id="train_restored")
-            dataset_md = gr.Markdown(elem_id="train_dataset_check")
-            comps["model"] = model_dropdown(ctx, "Base model", "train_model")
-            comps["template"] = gr.Dropdown(templates, value=_default(fields, "template"), label="Prompt template",
-                                            elem_id="train_template", allow_custom_value=True)
-            template_md = gr.Markdown(elem_id="train_template_preview")
-            with gr.Row():
-                comps["lr"] = _component("lr", str, _default(fields, "lr"), scale=3)
-                comps["lr_kind"] = _component("lr_kind", str, _default(fields, "lr_kind"))
-            lr_msg = gr.Markdown(elem_id="train_lr_msg")
-            lr_plot = gr.LinePlot(x="step", y="lr", title="Learning-rate schedule", height=180,
-                                  elem_id="train_lr_plot")
-            hints = {n: h for n, h, _ in fields}
-            defaults = {n: d for n, _, d in fields}
 
-            def make(name: str, **kw: Any) -> gr.components.Component:
-                return _component(name, hints[name], defaults[name], **kw)
+    def make(name: str, **kw: Any) -> gr.components.Component:
+        return _component(name, hints[name], defaults[name], **kw)
 
-            basic = [n for n in BASIC if n not in SPECIAL]
-            comps.update(grouped_fields([("", basic)], hints, make))
-            with gr.Accordion("Advanced", open=False, elem_id="train_advanced"):
-                grouped = {n for _, names in ADVANCED for n in names}
-                other = tuple(n for n in hints if n not in grouped and n not in comps)
-                comps.update(grouped_fields([*ADVANCED, ("Other", other)], hints, make))
-            with gr.Row():
+    def special(name: str) -> gr.components.Component:
+        if name == "embedding":
+            return gr.Dropdown(ctx.embedding_names(), label="Embedding", elem_id="train_embedding",
+                               allow_custom_value=True, min_width=160)
+        if name == "dataset":
+            return gr.Dropdown(ctx.datasets(), label="Dataset", elem_id="train_dataset", allow_custom_value=True,
+                               min_width=160)
+        if name == "model":
+            return model_dropdown(ctx, "Base model", "train_model", info=None)
+        if name == "template":
+            return gr.Dropdown(templates, value=defaults["template"], label="Prompt template",
+                               elem_id="train_template", allow_custom_value=True, min_width=160)
+        return make(name, min_width=140)
+
+    with gr.Row(elem_id="train_page"):
+        with gr.Column(scale=5, elem_id="train_form"):
+            with gr.Row(elem_id="train_bar"):
                 start_btn = gr.Button("Start", variant="primary", elem_id="train_start")
                 stop_btn = gr.Button("Interrupt", variant="stop", elem_id="train_interrupt")
                 resume_btn = gr.Button("Resume", elem_id="train_resume")
             action_md = gr.Markdown(elem_id="train_action")
-        with gr.Column(scale=4):
+            for row in ESSENTIAL_ROWS:
+                with gr.Row(equal_height=True):
+                    for name in row:
+                        comps[name] = special(name)
+            restored = gr.Markdown(elem_id="train_restored")
+            dataset_md = gr.Markdown(elem_id="train_dataset_check")
+            lr_msg = gr.Markdown(elem_id="train_lr_msg")
+            with gr.Accordion("Dataset details and sample prompts", open=False, elem_id="train_details"):
+                dataset_details = gr.Markdown(elem_id="train_dataset_details")
+                template_md = gr.Markdown(elem_id="train_template_preview")
+            with gr.Accordion("Learning-rate schedule", open=False, elem_id="train_lr_accordion"):
+                lr_plot = gr.LinePlot(x="step", y="lr", title="Learning-rate schedule", height=180,
+                                      elem_id="train_lr_plot")
+            with gr.Accordion("Advanced", open=False, elem_id="train_advanced"):
+                grouped = {n for _, names in ADVANCED for n in names}
+                other = tuple(n for n in hints if n not in grouped and n not in comps)
+                comps.update(grouped_fields([*ADVANCED, ("Other", other)], hints, make))
+        with gr.Column(scale=6, elem_id="train_dashboard"):
             status_md = gr.Markdown("No training run yet.", elem_id="train_status")
             bar = gr.HTML(progress_html(0.0), elem_id="train_progress")
-            loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=240,
-                                    elem_id="train_loss")
-            norm_plot = gr.LinePlot(x="step", y="norm", color="vector", title="Vector norms", height=200,
-                                    elem_id="train_norms")
-            gallery = gr.Gallery(label="Previews", columns=4, height="auto", elem_id="train_previews")
-            warn_md = gr.Markdown(elem_id="train_warnings")
+            log_box = gr.HTML(elem_id="train_log")
+            gr.HTML('<canvas id="train_loss_canvas" class="ti-chart"></canvas>', elem_id="train_loss",
+                    js_on_load="window.tiCharts && window.tiCharts.redraw()")
+            gr.HTML('<canvas id="train_norms_canvas" class="ti-chart ti-chart-small"></canvas>',
+                    elem_id="train_norms")
+            gallery = gr.Gallery(label="Previews (they appear every 'preview every' steps)", columns=4,
+                                 height="auto", elem_id="train_previews")
             downloads = gr.File(label="Latest snapshot (each format)", file_count="multiple", interactive=False,
                                 elem_id="train_downloads")
+            delta = gr.Textbox(visible=True, elem_id="train_chart_delta", elem_classes=[HIDDEN_CSS_CLASS],
+                               container=False, show_label=False)
     names = [n for n, _, _ in fields]
     form = [comps[n] for n in names]
-    cursor = gr.State(None)  # per browser tab: (job id, events seen); None after a reload -> re-attach
-    timer = gr.Timer(POLL_SECONDS, active=True)
+    sent_state = gr.State(None)  # per browser tab: a Sent (what this tab shows); None after a reload
+    auto_resolution = gr.State(None)  # the resolution the form set from the model (not the person)
+    timer = gr.Timer(POLL_SECONDS, active=False)  # the app starts it when the Train tab is shown
 
     # live helpers
     sched_inputs = [comps["lr"], comps["lr_kind"], comps["max_steps"], comps["warmup_steps"], comps["min_lr"]]
@@ -493,9 +606,9 @@ def build(ctx: AppContext, demo=None):
     def check(d, e, t, r):
         return dataset_report(ctx, d, e, t, r)
 
-    check_inputs = [comps["dataset"], comps["embedding"], comps["template"], comps["resolution"]]
-    gr.on([c.change for c in check_inputs], check, check_inputs, dataset_md, api_name="dataset_check",
-          show_progress="hidden", trigger_mode="always_last")
+    check_inputs_ = [comps["dataset"], comps["embedding"], comps["template"], comps["resolution"]]
+    gr.on([c.change for c in check_inputs_], check, check_inputs_, [dataset_md, dataset_details],
+          api_name="dataset_check", show_progress="hidden", trigger_mode="always_last")
 
     def restore(e):
         if not e:
@@ -504,6 +617,16 @@ def build(ctx: AppContext, demo=None):
         return [*vals, msg]
 
     comps["embedding"].input(restore, comps["embedding"], [*form, restored], api_name="restore_settings")
+
+    def model_picked(spec, resolution, auto):
+        """A new model sets the resolution to its native size, unless the person typed their own."""
+        native = native_resolution(ctx, spec)
+        if native is None or (resolution not in (None, auto) and auto is not None):
+            return gr.skip(), auto
+        return native, native
+
+    comps["model"].input(model_picked, [comps["model"], comps["resolution"], auto_resolution],
+                         [comps["resolution"], auto_resolution], api_visibility="private", show_progress="hidden")
 
     @user_errors("Start")
     def start_fn(*values):
@@ -528,36 +651,40 @@ def build(ctx: AppContext, demo=None):
 
     resume_btn.click(resume_fn, None, action_md, api_name="resume", concurrency_id="train_ctl", concurrency_limit=1)
 
-    views = ViewCache()  # one folded view per job, shared by every open tab
+    views = ViewCache(history=True)  # one folded view per job, shared by every open tab
 
-    def poll(cur):
+    def poll(sent):
+        sent = sent if isinstance(sent, Sent) else Sent()
         job = current_job(ctx)
-        if job is None:
-            return [gr.skip()] * 7 + [cur] if cur == "none" else [*_view_outputs(live_view(None)), "none"]
-        same_job = bool(cur) and cur != "none" and cur[0] == job.id
-        if same_job:
-            new_events, _ = job.events_since(cur[1])
-            if not new_events:
-                return [gr.skip()] * 7 + [cur]  # nothing new: no bytes go to the browser
-        view = views.get(job)
-        now = time.monotonic()
-        charts_due = not same_job or view.done or now - cur[2] >= CHART_SECONDS
-        if not charts_due:
-            # Redrawing the charts and gallery costs the browser far more than the status line;
-            # on a small machine that CPU is taken from training. Status every tick, charts less often.
-            return [status_markdown(view), progress_html(view.fraction), gr.skip(), gr.skip(), gr.skip(),
-                    warnings_markdown(view), gr.skip(), (job.id, view.seen, cur[2])]
-        return [*_view_outputs(live_view(view)), (job.id, view.seen, now)]
+        view = views.get(job) if job is not None else None
+        return [*poll_outputs(view, job.id if job is not None else None, sent), sent]
 
-    timer.tick(poll, cursor, [status_md, bar, loss_plot, norm_plot, gallery, warn_md, downloads, cursor],
+    timer.tick(poll, sent_state, [status_md, bar, delta, gallery, log_box, downloads, sent_state],
                api_name="poll", api_visibility="undocumented", show_progress="hidden", concurrency_limit=None)
+    delta.change(None, delta, None, js="(text) => { window.tiCharts && window.tiCharts.apply(text); }")
+
+    def on_load(model_spec):
+        """A (re)loaded page shows the settings of the run on screen; with no run, the resolution
+        starts at the default model's native size."""
+        shown = run_settings(ctx, names)
+        if shown is not None:
+            return [*shown[0], shown[1], gr.skip()]
+        native = native_resolution(ctx, model_spec)
+        values: list[Any] = [gr.skip() for _ in names]
+        if native is not None:
+            values[names.index("resolution")] = native
+        return [*values, "", native]
 
     def refresh(e, d):
         return gr.Dropdown(choices=ctx.embedding_names(), value=e), gr.Dropdown(choices=ctx.datasets(), value=d)
 
     if demo is not None:
+        demo.load(on_load, comps["model"], [*form, restored, auto_resolution], api_visibility="private",
+                  show_progress="hidden")
         demo.load(schedule_plot, sched_inputs, [lr_plot, lr_msg], api_visibility="private", show_progress="hidden")
-    return Refresh(refresh, [comps["embedding"], comps["dataset"]], [comps["embedding"], comps["dataset"]])
+    refresher = Refresh(refresh, [comps["embedding"], comps["dataset"]], [comps["embedding"], comps["dataset"]])
+    refresher.timer = timer  # type: ignore[attr-defined]  # the app pauses polling while another tab is shown
+    return refresher
 
 
 def _default(fields, name):
