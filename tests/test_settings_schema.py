@@ -42,7 +42,11 @@ def test_fixture_is_version_1_and_loads_unchanged():
     cfg = TrainConfig.load(FIXTURE)
     assert (cfg.embedding, cfg.tag_dropout, cfg.flip_p, cfg.keep_tags) == ("mycat", 0.25, 0.5, 1)
     assert cfg.preview_prompts == ["a photo of [name]"] and cfg.snapshot_formats == ["safetensors", "pt"]
-    assert {k: v for k, v in cfg.to_dict().items() if k != SCHEMA_KEY} == V1
+    saved = {k: v for k, v in cfg.to_dict().items() if k != SCHEMA_KEY}
+    assert {k: saved[k] for k in V1} == V1
+    # fields added since (with defaults, no schema bump needed) read as their defaults
+    assert {k: v for k, v in saved.items() if k not in V1} == {
+        k: v for k, v in TrainConfig().to_dict().items() if k not in V1 and k != SCHEMA_KEY}
 
 
 def test_saved_settings_carry_the_version(tmp_path):

@@ -39,6 +39,9 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 VECTOR_SHUFFLE = ("off", "all", "trailing", "leading", "between", "progressive", "dynamic")
 SNAPSHOT_FORMATS = ("safetensors", "pt", "png")
 PREVIEW_SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lms", "unipc")
+AUTO_STOP = ("off", "likeness", "editability", "eval_loss")
+DEFAULT_EDIT_PROMPTS = ("a painting of [name]", "[name] on the beach", "[name] in the snow",
+                        "a drawing of [name] in a forest")
 
 
 SCHEMA_KEY = "schema"  # the key that holds the schema version in saved settings
@@ -138,6 +141,18 @@ class TrainConfig:
     nan_patience: int = 3  # this many non-finite steps in a row stop the run
     not_learning_steps: int = 200  # warn if the vectors have not moved after this many steps (0 = off)
     not_learning_threshold: float = 1e-4  # relative change ||v - v0|| / ||v0|| counted as "moved"
+
+    # --- CLIP scores, the best step, auto-stop (training.scores, training.best_step) -------------------
+    score_every: int = 0  # likeness + editability every N steps (it generates images); 0 = off
+    clip_model: str = ""  # the CLIP that scores (models.clip); empty = the first one found
+    score_prompts: list[str] = field(default_factory=lambda: ["a photo of [name]"])  # likeness images
+    edit_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_EDIT_PROMPTS))
+    class_word: str = ""  # edit prompts are compared with [name] replaced by this; empty = the init text
+    score_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    score_steps: int = 20  # sampling steps of each scored image
+    best_threshold: float = 0.9  # the suggested step keeps at least this share of the untrained editability
+    auto_stop: str = "off"  # stop when this score has not improved for auto_stop_patience evaluations
+    auto_stop_patience: int = 3
 
     # ------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -256,6 +271,7 @@ class TrainConfig:
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("vector_shuffle", self.vector_shuffle, VECTOR_SHUFFLE)
         _choice("preview_scheduler", self.preview_scheduler, PREVIEW_SCHEDULERS)
+        _choice("auto_stop", self.auto_stop, AUTO_STOP)
         for fmt in self.snapshot_formats:
             _choice("snapshot_formats", fmt, SNAPSHOT_FORMATS)
         for key in ("batch_size", "grad_accum", "repeats", "preview_steps", "min_bucket", "max_bucket",
@@ -275,6 +291,7 @@ class TrainConfig:
         for key in ("tag_dropout", "flip_p", "shuffle_prob"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"{key}: must be between 0 and 1 (got {getattr(self, key)})")
+        self._validate_scores()
         if self.nan_patience < 1:
             raise ConfigError("nan_patience: must be at least 1")
         if self.min_bucket > self.max_bucket:
@@ -290,6 +307,26 @@ class TrainConfig:
         if self.run_name and (Path(self.run_name).name != self.run_name or self.run_name.startswith(".")):
             raise ConfigError(f"run_name: {self.run_name!r} must be a plain folder name")
         self.schedules(max_steps=max(self.max_steps, 1), cur_step=0)
+
+    def _validate_scores(self) -> None:
+        """The CLIP score and auto-stop settings: prompts name the embedding, the chosen auto-stop
+        score is computed at all."""
+        for key in ("score_every", "score_steps", "auto_stop_patience"):
+            if getattr(self, key) < (0 if key == "score_every" else 1):
+                raise ConfigError(f"{key}: must be at least {0 if key == 'score_every' else 1} "
+                                  f"(got {getattr(self, key)})")
+        if not 0.0 <= self.best_threshold <= 1.0:
+            raise ConfigError(f"best_threshold: must be between 0 and 1 (got {self.best_threshold})")
+        for key in ("score_prompts", "edit_prompts"):
+            for prompt in getattr(self, key):
+                if "[name]" not in prompt:
+                    raise ConfigError(f"{key}: {prompt!r} does not contain [name], where the embedding goes")
+        if self.score_every and (not self.score_prompts or not self.edit_prompts or not self.score_seeds):
+            raise ConfigError("score_every: scores need at least one of score_prompts, edit_prompts and score_seeds")
+        needs = {"likeness": "score_every", "editability": "score_every", "eval_loss": "eval_every"}
+        if self.auto_stop != "off" and not getattr(self, needs[self.auto_stop]):
+            raise ConfigError(f"auto_stop: {self.auto_stop} is never computed; set {needs[self.auto_stop]} "
+                              "above 0 (how often it is evaluated)")
 
     def schedules(self, max_steps: int, cur_step: int):
         """The lr schedule and the clip schedule (or None), as training.schedule builds them.

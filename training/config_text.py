@@ -70,6 +70,22 @@ FIELD_TEXT: dict[str, tuple[str, str | None]] = {
                                                           "0 = off"),
     "not_learning_threshold": ("'Not learning' threshold", "Relative change |v - v0| / |v0| that counts as "
                                                             "moved"),
+    # CLIP scores, best step, auto-stop
+    "score_every": ("CLIP scores every N steps", "Likeness and editability; each evaluation generates "
+                                                 "(score prompts + edit prompts) × seeds images; 0 = off"),
+    "clip_model": ("CLIP model", "A folder or file in data/models/clip, a cached hub id, or toy; empty = the "
+                                 "first one found"),
+    "score_prompts": ("Likeness prompts", "One per line, with [name]; their images are compared with the "
+                                          "training images"),
+    "edit_prompts": ("Edit prompts", "One per line, with [name]; their images are compared with the prompt "
+                                     "text, [name] replaced by the class word"),
+    "class_word": ("Class word", "Replaces [name] in the edit prompts' text; empty = the init text"),
+    "score_seeds": ("Score seeds", "Comma separated: one image per seed and prompt"),
+    "score_steps": ("Score sampling steps", None),
+    "best_threshold": ("Best step: keep this share of editability", "0 to 1: the suggested step has the "
+                                                                     "highest likeness among those keeping it"),
+    "auto_stop": ("Auto-stop on", "Stop with a final snapshot when this score has not improved; off by default"),
+    "auto_stop_patience": ("Auto-stop patience", "Evaluations in a row without improvement before stopping"),
     # snapshots
     "save_png_embeddings": ("Also save PNG embeddings", "A preview picture carrying the vectors"),
     "snapshot_formats": ("Snapshot formats", None),
