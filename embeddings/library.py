@@ -148,7 +148,10 @@ class EmbeddingLibrary:
                 try:
                     st = path.stat()
                 except OSError:
-                    continue
+                    try:
+                        st = path.lstat()  # a link whose target is gone: listed, with the reason
+                    except OSError:
+                        continue  # deleted since the listing: nothing to show
                 stamps[path] = (st.st_size, st.st_mtime_ns)
             changed = {p for p, s in stamps.items() if p not in self._cache or self._cache[p].stamp != s}
             changed |= {p for p in self._cache if p not in stamps}

@@ -274,7 +274,7 @@ def _scan(src: Path, recursive: bool) -> tuple[list[Path], list[tuple[Path, str]
 def _name_sources(paths: list[Path], src: Path) -> list[_Source]:
     """Stable output stems: the path below the source joined with '-' (flat output folder).
     Two sources with the same stem (cat.jpg, cat.png) keep their suffix to stay apart."""
-    stems = [("-".join(p.relative_to(src).with_suffix("").parts)) for p in paths]
+    stems = [_fit_stem("-".join(p.relative_to(src).with_suffix("").parts)) for p in paths]
     counts: dict[str, int] = {}
     for s in stems:
         counts[s.lower()] = counts.get(s.lower(), 0) + 1
@@ -287,6 +287,16 @@ def _name_sources(paths: list[Path], src: Path) -> list[_Source]:
         used.add(key.lower())
         out.append(_Source(path=p, rel=str(p.relative_to(src)), index=i, key=key))
     return out
+
+
+# Output names add up to ~20 bytes to the stem ("_png_2", "-p12", "-flip", ".webp"); file systems
+# allow 255 bytes per name, so a stem is cut to this many bytes (on a character boundary).
+MAX_STEM_BYTES = 200
+
+
+def _fit_stem(stem: str) -> str:
+    data = stem.encode("utf-8")
+    return stem if len(data) <= MAX_STEM_BYTES else data[:MAX_STEM_BYTES].decode("utf-8", errors="ignore")
 
 
 def _ext(options: PreprocessOptions, image: Image.Image) -> str:

@@ -116,9 +116,12 @@ def options_from_form(ctx: AppContext, names: list[str], values: list[Any]):
 
 
 def stage_uploads(ctx: AppContext, paths: list[str]) -> Path:
-    """Copy uploaded images into one staging folder (Gradio gives flat temp paths, unsorted)."""
-    images = [Path(p) for p in paths if Path(p).suffix.lower() in IMAGE_SUFFIXES]
-    if not images:
+    """Copy uploads into one staging folder (Gradio gives flat temp paths, unsorted).
+
+    Every file is copied, not only images: the preprocess job then names each file it cannot
+    use and why, instead of the upload dropping it without a word."""
+    uploads = [Path(p) for p in paths]
+    if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in uploads):
         raise fail(f"None of the uploaded files is an image ({' '.join(IMAGE_SUFFIXES)})")
     folder = ctx.data.cache / "uploads" / time.strftime("%Y%m%d-%H%M%S")
     n = 2
@@ -128,7 +131,7 @@ def stage_uploads(ctx: AppContext, paths: list[str]) -> Path:
         n += 1
     folder.mkdir(parents=True)
     seen: set[str] = set()
-    for p in sorted(images, key=lambda q: q.name):
+    for p in sorted(uploads, key=lambda q: q.name):
         name = p.name
         k = 2
         while name.lower() in seen:  # two folders can hold files with the same name

@@ -105,7 +105,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_temp_stem(target.name)}.{os.getpid()}-", suffix=TEMP_SUFFIX,
+                                   dir=target.parent)
     except OSError as e:
         raise SaveError.from_os_error(target, e) from e
     tmp_path = Path(tmp)
@@ -126,6 +127,15 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
 
 TEMP_SUFFIX = ".tmp"
+NAME_MAX = 255  # bytes per file name on the common file systems (ext4, APFS, NTFS in UTF-16 units)
+
+
+def _temp_stem(name: str) -> str:
+    """The target's name, cut (on a character boundary) so the temp name fits NAME_MAX: a target
+    whose own name is legal must never fail because its temp name is 20 bytes longer."""
+    room = NAME_MAX - len(f"..{os.getpid()}-12345678{TEMP_SUFFIX}")
+    data = name.encode("utf-8")
+    return name if len(data) <= room else data[:room].decode("utf-8", errors="ignore")
 # `.<target name>.<pid>-<mkstemp's 8 random characters>.tmp`; before the pid was in the name:
 # `.<target name>.<8 random characters>.tmp` (cleaned up only once it is a day old).
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp$")

@@ -84,7 +84,7 @@ def _sniff(path: Path, head: bytes) -> str | None:
 
 def _check_readable(path: Path) -> bytes:
     if not path.exists():
-        raise EmbeddingFileError(path, "no such file")
+        raise EmbeddingFileError(path, "broken link (its target does not exist)" if path.is_symlink() else "no such file")
     if path.is_dir():
         raise EmbeddingFileError(path, "is a folder, not a file")
     try:
