@@ -161,6 +161,9 @@ def test_uploads_take_every_image_type_preprocessing_reads(tmp_path):
         path.parent.mkdir(exist_ok=True)
         Image.new("RGB", (8, 8), (200, 10, 10)).save(path)
         files.append(str(path))
-    staged = stage_uploads(ctx, [*files, str(tmp_path / "notes.txt")])
+    staged = stage_uploads(ctx, files)
     assert sorted(p.suffix for p in staged.iterdir()) == sorted(IMAGE_SUFFIXES)
     assert {".tif", ".gif"} <= set(IMAGE_SUFFIXES)
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(Exception, match=r"None of the uploaded files is an image \(.*\.tif.*\.gif"):
+        stage_uploads(ctx, [str(tmp_path / "notes.txt")])
