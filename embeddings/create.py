@@ -39,6 +39,14 @@ class CreatePlan:
                 "truncated" if self.num_vectors < len(self.tokens) else "one per token"
             )
             lines.append(f"{self.num_vectors} vector(s) filled from the tokens ({how}): {fill}")
+            used = [self.tokens[r][1] for r in self.rows]
+            dropped = [t for _, t in self.tokens[self.num_vectors:]]
+            if dropped:
+                lines.append(f"not used (only {self.num_vectors} vector(s)): {', '.join(dropped)}; "
+                             "raise the vectors or shorten the init text")
+            repeated = sorted({t for t in used if used.count(t) > 1})
+            if repeated:
+                lines.append("used more than once: " + ", ".join(f"{t} x{used.count(t)}" for t in repeated))
         else:
             lines.append(f"{self.num_vectors} vector(s) filled with {self.init_mode}")
         lines.append(f"prompt budget used: {self.budget}")

@@ -49,7 +49,13 @@ def clean_caption(text: str | None) -> str:
 
 
 def join_caption(*parts: str | None) -> str:
-    return JOINER.join(p for p in (clean_caption(x) for x in parts) if p)
+    """Parts joined with ", ": a part's own leading/trailing commas go ("walkcat, " + "a cat" is
+    "walkcat, a cat", not "walkcat,, a cat")."""
+    return JOINER.join(p for p in (_part(x) for x in parts) if p)
+
+
+def _part(text: str | None) -> str:
+    return clean_caption(text).strip(" ,")
 
 
 def compose_caption(generated: str | None, existing: str | None, policy: str = "ignore",
@@ -74,7 +80,7 @@ def compose_caption(generated: str | None, existing: str | None, policy: str = "
         body = join_caption(generated, existing)
     else:
         body = generated
-    prefix, suffix = clean_caption(prefix), clean_caption(suffix)
+    body, prefix, suffix = _part(body), _part(prefix), _part(suffix)
     # re-running with the same trigger word must not stack it ("sks, sks, a cat")
     if prefix and (body == prefix or body.startswith(prefix + JOINER.strip()) or body.startswith(prefix + " ")):
         prefix = ""

@@ -193,7 +193,9 @@ def run_preprocess(src: str | Path, dst: str | Path | None, options: PreprocessO
             job.message(f"{len(result.small)} image(s) smaller than {options.width}x{options.height} were kept at "
                         f"their size (not upscaled)")
         job.message(f"wrote {len(result.outputs)} image(s) and {result.captions_written} caption(s); "
-                    f"skipped {len(result.skipped)} file(s)")
+                    f"skipped {len(result.skipped)} file(s)"
+                    + (f"; {len(result.already_done)} source(s) already done in {dst_path.name} were left as they "
+                       "are (choose 'overwrite' to redo them)" if result.already_done else ""))
     elif result.error:
         log.warning("%s", result.error)
     return result

@@ -35,6 +35,12 @@ CSS = """
 .ti-log li.ti-err { color: #dc2626; font-weight: 600; }
 .ti-chart { width: 100%; height: 220px; display: block; }
 .ti-chart-small { height: 170px; }
+/* tables whose rows are picked, never edited: no cell edit frame or menu, the row lights up */
+.ti-rows .cell-menu-button { display: none !important; }
+.ti-rows .cell-selected { box-shadow: none !important; }
+.ti-rows tr:has(.cell-selected) td { background: var(--color-accent-soft); }
+.ti-rows td { cursor: pointer; }
+.ti-rows th, .ti-rows th * { word-break: keep-all !important; overflow-wrap: normal !important; hyphens: none; }
 """
 
 

@@ -76,7 +76,8 @@ def create(ctx: AppContext, model_spec: str, name: str, init_text: str, vectors:
     path = save_embedding(emb, target)
     if existing is not None and existing != path:
         existing.unlink(missing_ok=True)  # replaced by the new file in another format
-    msg = (f"Created **{emb.name}** ({emb.num_vectors} vector(s), width {emb.widths}) on {model.label}: "
+    widths = ", ".join(f"{key} {width}" for key, width in emb.widths.items())
+    msg = (f"Created **{emb.name}** ({emb.num_vectors} vector(s), width {widths}) on {model.label}: "
            f"`{path.name}`. Train it in the Train tab.")
     return msg, emb.name
 

@@ -16,6 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from embeddings.embedding import EmbeddingError
+from embeddings.families import fitting_models
 from embeddings.formats import EMBEDDING_SUFFIXES, export_name, save_embedding
 from embeddings.library import LibraryEntry
 from ui.common import Refresh, fail, user_errors
@@ -23,7 +24,7 @@ from ui.state import AppContext
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["name", "vectors", "family", "step", "base model", "file", "status", "why skipped"]
+COLUMNS = ["name", "vectors", "fits", "step", "base model", "file", "status", "why skipped"]
 EXPORT_FORMATS = [
     ("safetensors (A1111 / ComfyUI / diffusers)", "safetensors"),
     (".pt (A1111 classic)", "pt"),
@@ -36,7 +37,7 @@ EXPORT_FORMATS = [
 class Row:
     name: str
     vectors: int | None
-    family: str
+    fits: str
     step: int | None
     base_model: str
     file: str
@@ -44,7 +45,7 @@ class Row:
     reason: str
 
     def as_list(self) -> list[Any]:
-        return [self.name, self.vectors, self.family, self.step, self.base_model, self.file, self.status, self.reason]
+        return [self.name, self.vectors, self.fits, self.step, self.base_model, self.file, self.status, self.reason]
 
 
 def library_rows(ctx: AppContext) -> list[Row]:
@@ -55,7 +56,7 @@ def library_rows(ctx: AppContext) -> list[Row]:
         rows.append(Row(
             name=e.name,
             vectors=e.num_vectors,
-            family=str(e.family or meta.get("family") or "–"),
+            fits=fits_text(e),
             step=e.step,
             base_model=str(meta.get("base_model") or meta.get("sd_checkpoint_name") or "–"),
             file=_display(ctx, e.path),
@@ -63,6 +64,15 @@ def library_rows(ctx: AppContext) -> list[Row]:
             reason=e.reason or "; ".join(e.warnings or []),
         ))
     return rows
+
+
+def fits_text(entry: LibraryEntry) -> str:
+    """Which models a file can be used with ("sd1", "tiny"...), from its widths (embeddings.families):
+    "ok" alone does not say that a 768-wide file is useless on a 32-wide model."""
+    emb = entry.embedding
+    if emb is None:
+        return "–"
+    return ", ".join(fitting_models(emb.widths)) or "no known model"
 
 
 def _display(ctx: AppContext, path: Path) -> str:
@@ -93,8 +103,13 @@ def _embedding(ctx: AppContext, name: str):
 
 
 def inspect(ctx: AppContext, name: str) -> tuple[pd.DataFrame, str, dict[str, Any]]:
-    """(per-vector norms, markdown summary, the settings it was trained with)."""
-    emb, path = _embedding(ctx, name)
+    """(per-vector norms, markdown summary, the settings it was trained with). A skipped file
+    is not an error: the summary says why it is skipped."""
+    entry = _entry(ctx, name)
+    if not entry.ok or entry.embedding is None:
+        return (pd.DataFrame(columns=["encoder", "vector", "norm"]),
+                f"### {entry.name}\n- file: `{Path(entry.path).name}`\n- skipped: {entry.reason or 'unreadable'}", {})
+    emb, path = entry.embedding, Path(entry.path)
     norms = emb.norms()
     rows = [[k, f"v{i}", round(v, 5)] for k, vals in norms.items() for i, v in enumerate(vals)]
     df = pd.DataFrame(rows, columns=["encoder", "vector", "norm"])
@@ -103,7 +118,7 @@ def inspect(ctx: AppContext, name: str) -> tuple[pd.DataFrame, str, dict[str, An
     md = "\n".join([
         f"### {emb.name}",
         f"- file: `{path.name}`",
-        f"- vectors: {emb.num_vectors} · widths: {widths} · family: {emb.family or emb.metadata.get('family') or '–'} · step: {emb.step}",
+        f"- vectors: {emb.num_vectors} · widths: {widths} · fits: {fits_text(entry)} · step: {emb.step}",
         f"- finite: {'yes' if emb.is_finite() else '**NO (NaN/inf values)**'}",
         "```json\n" + json.dumps(meta, indent=2, default=str, ensure_ascii=False)[:4000] + "\n```",
     ])
@@ -168,7 +183,8 @@ def names(ctx: AppContext) -> list[str]:
 def build(ctx: AppContext) -> Refresh:
     gr.Markdown("Every file in the embeddings folder. Skipped files say why.")
     lib_table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="emb_table",
-                             label="Library")
+                             label="Library (click a row to pick it)", elem_classes=["ti-rows"],
+                             column_widths=["14%", "7%", "10%", "6%", "12%", "16%", "8%", "27%"])
     refresh_btn = gr.Button("Refresh", size="sm", elem_id="emb_refresh")
     with gr.Row():
         with gr.Column(scale=2):
@@ -186,14 +202,16 @@ def build(ctx: AppContext) -> Refresh:
             with gr.Group():
                 new_name = gr.Textbox(label="New name", elem_id="emb_new_name")
                 rename_btn = gr.Button("Rename", elem_id="emb_rename")
+            rename_md = gr.Markdown(elem_id="emb_rename_msg")
             with gr.Group():
                 confirm = gr.Checkbox(False, label="Yes, delete it", elem_id="emb_confirm")
                 delete_btn = gr.Button("Delete", variant="stop", elem_id="emb_delete")
+            delete_md = gr.Markdown(elem_id="emb_delete_msg")
             with gr.Group():
                 upload = gr.File(label="Add embedding files", file_count="multiple",
                                  file_types=list(EMBEDDING_SUFFIXES), elem_id="emb_upload")
                 add_btn = gr.Button("Add to library", elem_id="emb_add")
-            status = gr.Markdown(elem_id="emb_status")
+            add_md = gr.Markdown(elem_id="emb_status")
 
     def refresh(current: str | None = None):
         df = table(ctx)
@@ -229,7 +247,7 @@ def build(ctx: AppContext) -> Refresh:
         df, dd = refresh(new.strip())
         return msg, df, dd, ""
 
-    rename_btn.click(rename_fn, [pick, new_name], [status, lib_table, pick, new_name], api_name="rename")
+    rename_btn.click(rename_fn, [pick, new_name], [rename_md, lib_table, pick, new_name], api_name="rename")
 
     @user_errors("Delete")
     def delete_fn(name, ok):
@@ -237,7 +255,7 @@ def build(ctx: AppContext) -> Refresh:
         df, dd = refresh(None)
         return msg, df, dd, False
 
-    delete_btn.click(delete_fn, [pick, confirm], [status, lib_table, pick, confirm], api_name="delete")
+    delete_btn.click(delete_fn, [pick, confirm], [delete_md, lib_table, pick, confirm], api_name="delete")
 
     @user_errors("Add")
     def add_fn(files):
@@ -245,5 +263,5 @@ def build(ctx: AppContext) -> Refresh:
         df, dd = refresh(None)
         return msg, df, dd, None
 
-    add_btn.click(add_fn, upload, [status, lib_table, pick, upload], api_name="add_embeddings")
+    add_btn.click(add_fn, upload, [add_md, lib_table, pick, upload], api_name="add_embeddings")
     return Refresh(refresh, [pick], [lib_table, pick])

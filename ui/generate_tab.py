@@ -96,13 +96,30 @@ def build(ctx: AppContext) -> Refresh:
               api_name="generate", concurrency_id="model", concurrency_limit=1)
 
     def refresh(m):
-        return refresh_models(ctx, m), library_names(ctx)
+        return refresh_models(ctx, m), library_names(ctx, m)
 
+    model.change(lambda m: library_names(ctx, m), model, names, api_visibility="private", show_progress="hidden")
     return Refresh(refresh, [model], [model, names])
 
 
-def library_names(ctx: AppContext) -> str:
-    names = ctx.embedding_names()
+def model_widths(spec: str | None) -> dict[str, int] | None:
+    """The text-encoder widths of a built-in model or of a family picked by name, without loading
+    anything (embeddings.families); None for a model only loading can tell."""
+    from embeddings.families import BUILTIN_MODELS, FAMILIES
+
+    spec = (spec or "").strip() or "tiny"
+    if spec in BUILTIN_MODELS:
+        return dict(BUILTIN_MODELS[spec].widths)
+    return FAMILIES[spec].widths if spec in FAMILIES else None
+
+
+def library_names(ctx: AppContext, model_spec: str | None = None) -> str:
+    """The names a prompt can use: readable, finite embeddings that fit the model (when its widths
+    are known without loading it); broken or skipped files are listed in the Embeddings tab."""
+    widths = model_widths(model_spec)
+    names = sorted({e.name for e in ctx.library(None).entries()
+                    if e.ok and e.embedding is not None and e.embedding.is_finite()
+                    and (widths is None or e.embedding.widths == widths)}, key=str.casefold)
     if not names:
-        return "No embeddings yet: create one in the Create tab."
-    return "**In the library:** " + ", ".join(f"`{n}`" for n in names[:50])
+        return "No usable embeddings for this model yet: create one in the Create tab."
+    return "**Usable in prompts:** " + ", ".join(f"`{n}`" for n in names[:50])

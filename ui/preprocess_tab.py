@@ -181,6 +181,7 @@ class PreView:
     skipped: pd.DataFrame
     dataset: str | None
     done: bool
+    failed: bool = False
 
 
 def current_job(ctx: AppContext):
@@ -210,7 +211,8 @@ def pre_view(view: JobView | None) -> PreView:
         dataset = Path(result.get("dst", "")).name or None
     elif view.warnings:
         skipped = pd.DataFrame([(t, "") for t in view.warnings[::-1]], columns=["file", "reason"])
-    return PreView(status, done / total if total else (1.0 if view.done else 0.0), skipped, dataset, view.done)
+    return PreView(status, done / total if total else (1.0 if view.done else 0.0), skipped, dataset, view.done,
+                   failed=view.error is not None)
 
 
 def caption_grid(ctx: AppContext, dataset: str) -> pd.DataFrame:
@@ -275,7 +277,7 @@ def build(ctx: AppContext) -> Refresh:
             status = gr.Markdown(elem_id="pre_status")
             bar = gr.HTML(progress_html(0.0), elem_id="pre_progress")
             skipped = gr.Dataframe(headers=["file", "reason"], label="Skipped files", interactive=False,
-                                   elem_id="pre_skipped")
+                                   elem_id="pre_skipped", wrap=True, column_widths=["30%", "70%"])
     gr.Markdown("### Captions")
     with gr.Row():
         dataset = gr.Dropdown(ctx.datasets(), label="Dataset", allow_custom_value=True, elem_id="pre_dataset")
@@ -317,9 +319,9 @@ def build(ctx: AppContext) -> Refresh:
             return [gr.skip()] * 5 + [cur]
         v = pre_view(view)
         if v.done and v.dataset:
-            return [v.status, progress_html(v.progress), v.skipped,
+            return [v.status, progress_html(v.progress, v.failed), v.skipped,
                     gr.Dropdown(choices=ctx.datasets(), value=v.dataset), caption_grid(ctx, v.dataset), key]
-        return [v.status, progress_html(v.progress), v.skipped, gr.skip(), gr.skip(), key]
+        return [v.status, progress_html(v.progress, v.failed), v.skipped, gr.skip(), gr.skip(), key]
 
     timer.tick(poll, seen, [status, bar, skipped, dataset, grid, seen], api_name="preprocess_poll",
                api_visibility="undocumented", show_progress="hidden", concurrency_limit=None)

@@ -306,10 +306,13 @@ def _thin(rows: list, limit: int = MAX_PLOT_POINTS) -> list:
     return rows[::stride] + [rows[-1]]
 
 
-def progress_html(fraction: float) -> str:
+def progress_html(fraction: float, failed: bool = False) -> str:
+    """The progress bar; a failed job's bar is red, so a full bar never reads as success."""
     pct = max(0.0, min(1.0, fraction)) * 100
-    return (f'<div class="ti-progress" style="background:var(--neutral-200);border-radius:4px;height:10px">'
-            f'<div style="width:{pct:.1f}%;background:var(--color-accent);height:10px;border-radius:4px"></div></div>')
+    color = "#dc2626" if failed else "var(--color-accent)"
+    return (f'<div class="ti-progress" style="background:var(--neutral-200);border-radius:4px;height:10px"'
+            f'{" title=failed" if failed else ""}>'
+            f'<div style="width:{pct:.1f}%;background:{color};height:10px;border-radius:4px"></div></div>')
 
 
 @dataclass

@@ -61,6 +61,17 @@
     }
     note(zone, `Uploading ${files.length} image(s) from the dropped folder…`);
     deliver(zone, files);
+    // The upload ends when the component lists the files: then say so, instead of "Uploading…" forever.
+    const last = files[files.length - 1].name;
+    const started = Date.now();
+    const watch = setInterval(() => {
+      const listed = (zone.textContent || "").includes(last);
+      if (listed || Date.now() - started > 600000) {
+        clearInterval(watch);
+        note(zone, listed ? `Added ${files.length} image(s) from the dropped folder.`
+                          : "The upload did not finish; drop the folder again.");
+      }
+    }, 500);
     return files.length;
   }
 
