@@ -14,6 +14,7 @@ gradient hook on the trainable vectors or by raising the scaler's scale; nothing
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ from training.device import DevicePlan, choose_device
 from training.distributed import DistContext
 from training.trainer import Outcome, OutcomeKind, RunState, guarded_step, prepare
 from workspace.datadir import DataDir
+
+# cuBLAS is deterministic only with a fixed workspace, set before its first use in the process
+# (module import happens at collection, before any test runs); the exact-resume test needs it.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 CUDA_REASON = "needs a CUDA GPU (torch.cuda.is_available() is false here)"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
@@ -103,8 +108,9 @@ def overflow_step(st: RunState, inject: Callable[[RunState], object]) -> Overflo
     """One `guarded_step` with an overflow injected by `inject(st)` (a context manager such as
     `overflowing_gradients`, or a plain call such as `raise_scale`), and what it changed."""
     before = vectors_copy(st)
-    scale_before, step_before, adam_before = st.scaler.get_scale(), st.step, _adam_steps(st)
-    injected = inject(st)
+    step_before, adam_before = st.step, _adam_steps(st)
+    injected = inject(st)  # may set the scale itself: read it after
+    scale_before = st.scaler.get_scale()
     if hasattr(injected, "__enter__"):
         with injected:
             outcome = guarded_step(st)
