@@ -21,6 +21,14 @@ COMMAND_MODULES = [
 ]
 
 
+# Other installs' folders, read in place (repeatable; also `settings.toml` in the data folder).
+FOLDER_FLAGS = {
+    "--models-dir": "another checkpoints folder to list (e.g. A1111's models/Stable-diffusion); repeatable",
+    "--embeddings-dir": "another embeddings folder to read; the first one receives new and trained embeddings; "
+                        "repeatable",
+}
+
+
 class CliError(Exception):
     """A user mistake: printed as one line, exit code 2."""
 
@@ -31,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create, train, inspect and export textual-inversion embeddings for Stable Diffusion.",
     )
     parser.add_argument("--data-dir", default=None, help="data folder (default ./data)")
+    for flag, what in FOLDER_FLAGS.items():
+        parser.add_argument(flag, action="append", default=None, metavar="FOLDER", help=what)
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -42,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--data-dir", default=argparse.SUPPRESS, help="data folder (default ./data)")
         if "--verbose" not in known:
             command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+        for flag, what in FOLDER_FLAGS.items():
+            if flag not in known:
+                command.add_argument(flag, action="append", default=argparse.SUPPRESS, metavar="FOLDER", help=what)
     return parser
 
 

@@ -9,7 +9,9 @@ from workspace.datadir import DataDir
 
 
 def data_dir(args) -> DataDir:
-    return DataDir.at(args.data_dir).ensure()
+    """The data folder of the command line, with the other installs' folders it names."""
+    return DataDir.at(args.data_dir, models_dirs=getattr(args, "models_dir", None) or (),
+                      embeddings_dirs=getattr(args, "embeddings_dir", None) or ()).ensure()
 
 
 def print_json(value: Any) -> None:

@@ -66,7 +66,7 @@ def run(args) -> int:
     width, height = parse_size(args.size)
     dd = data_dir(args)
     model = load_base_model(args.model, dd)
-    lib = EmbeddingLibrary(dd.embeddings, model.widths, model.tokenizers[0])
+    lib = EmbeddingLibrary.for_data(dd, model.widths, model.tokenizers[0])
     lib.refresh()
     embs = list(lib.loaded().values())
     used = sorted(PromptEncoder.for_embeddings(model, embs).tokenize([args.prompt, args.negative]).used) if embs else []

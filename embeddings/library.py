@@ -107,16 +107,28 @@ class _Cached:
 
 
 class EmbeddingLibrary:
-    """Embedding files under `folder`. `widths` (a model's encoder widths) decides which fit;
-    `tokenizer` enables name checks and shadowing warnings. Safe to share between threads."""
+    """Embedding files under `folder` and any `also` folders (an A1111 or ComfyUI embeddings
+    folder, read where it is: nothing is copied). New files (add, create) go to `folder`; a name
+    clash between folders is resolved like one within a folder, the earlier folder first.
+    `widths` (a model's encoder widths) decides which fit; `tokenizer` enables name checks and
+    shadowing warnings. Safe to share between threads."""
 
-    def __init__(self, folder: str | Path, widths: dict[str, int] | None = None, tokenizer=None):
+    def __init__(self, folder: str | Path, widths: dict[str, int] | None = None, tokenizer=None, *,
+                 also: tuple[str | Path, ...] | list[str | Path] = ()):
         self.folder = Path(folder)
+        self.folders = [self.folder] + [Path(f) for f in also if Path(f) != self.folder]
         self.widths = dict(widths) if widths else None
         self.tokenizer = tokenizer
         self._cache: dict[Path, _Cached] = {}
         self._entries: list[LibraryEntry] = []
         self._lock = threading.RLock()
+
+    @classmethod
+    def for_data(cls, data_dir: Any, widths: dict[str, int] | None = None, tokenizer=None) -> EmbeddingLibrary:
+        """The library of a data folder (workspace.DataDir): every embeddings folder it names, new
+        files into `data_dir.embeddings`."""
+        folders = data_dir.embedding_folders
+        return cls(folders[0], widths, tokenizer, also=folders[1:])
 
     # ------------------------------------------------------------------ scanning
     def set_model(self, widths: dict[str, int] | None, tokenizer=None) -> None:
@@ -128,17 +140,28 @@ class EmbeddingLibrary:
 
     def _scan(self) -> list[Path]:
         found: list[Path] = []
-        if not self.folder.is_dir():
-            return found
-        remove_stale_temps(self.folder, recursive=True)  # a killed save's litter (linked folders: never)
-        for root, dirs, files in os.walk(self.folder, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for f in sorted(files):
-                if f.startswith(".") or ".preview." in f.lower():
-                    continue
-                if Path(f).suffix.lower() in EMBEDDING_SUFFIXES:
-                    found.append(Path(root) / f)
+        for folder in self.folders:
+            if not folder.is_dir():
+                continue
+            remove_stale_temps(folder, recursive=True)  # a killed save's litter (linked folders: never)
+            for root, dirs, files in os.walk(folder, followlinks=True):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for f in sorted(files):
+                    if f.startswith(".") or ".preview." in f.lower():
+                        continue
+                    if Path(f).suffix.lower() in EMBEDDING_SUFFIXES:
+                        found.append(Path(root) / f)
         return found
+
+    def _home(self, path: Path) -> tuple[int, Path] | None:
+        """(index, folder) of the listed folder that holds `path`, or None."""
+        for i, folder in enumerate(self.folders):
+            try:
+                path.relative_to(folder)
+                return i, folder
+            except ValueError:
+                continue
+        return None
 
     def refresh(self) -> None:
         """Rescan the folder; re-read only new or changed files; forget deleted ones."""
@@ -208,12 +231,12 @@ class EmbeddingLibrary:
         entries.sort(key=lambda e: (e.status != "ok", e.name.casefold(), self._rank(e.path)))
         return entries
 
-    def _rank(self, path: Path) -> tuple[int, str]:
-        try:
-            rel = path.relative_to(self.folder)
-        except ValueError:
-            rel = path
-        return (len(rel.parts), rel.as_posix())
+    def _rank(self, path: Path) -> tuple[int, int, str]:
+        home = self._home(path)
+        if home is None:
+            return (len(self.folders), len(path.parts), path.as_posix())
+        rel = path.relative_to(home[1])
+        return (home[0], len(rel.parts), rel.as_posix())
 
     def _resolve_clashes(self, entries: list[LibraryEntry]) -> None:
         groups: dict[str, list[LibraryEntry]] = {}
@@ -239,10 +262,11 @@ class EmbeddingLibrary:
             ok[long].warnings.append(f"starts with the tokens of '{short}': check prompts use the name you mean")
 
     def _display(self, path: Path) -> str:
-        try:
-            return path.relative_to(self.folder).as_posix()
-        except ValueError:
+        home = self._home(path)
+        if home is None:
             return str(path)
+        rel = path.relative_to(home[1]).as_posix()
+        return rel if home[0] == 0 else str(path)
 
     # ------------------------------------------------------------------ queries
     def entries(self) -> list[LibraryEntry]:
@@ -316,7 +340,7 @@ class EmbeddingLibrary:
     def _resolve_own(self, spec: str) -> LibraryEntry:
         """`resolve`, for changes: a file outside the library folder is refused, never touched."""
         entry = self.resolve(spec)
-        if self.folder.resolve() not in entry.path.resolve().parents:
+        if not any(f.resolve() in entry.path.resolve().parents for f in self.folders):
             raise EmbeddingError(f"{entry.path} is not in the library folder {self.folder}")
         return entry
 

@@ -59,7 +59,8 @@ def discover_models(
         ModelInfo(name=b.name, spec=b.name, kind="builtin", family=b.family, note=BUILTIN_NOTE)
         for b in BUILTIN_MODELS.values()
     ]
-    found += scan_models_folder(data_dir.models, skipped)
+    for folder in data_dir.model_folders:  # the data folder's, then other installs' (read in place)
+        found += scan_models_folder(folder, skipped)
     found += scan_hf_cache(hf_cache or hf_cache_dir())
     return found
 

@@ -717,7 +717,7 @@ def _tensorboard(run: RunFolder):
 def resolve_embedding(spec: str, data_dir: DataDir) -> tuple[Embedding, Path]:
     """The embedding `spec` means, by the library's one rule (path, embedded name, file stem)."""
     try:
-        entry = EmbeddingLibrary(data_dir.embeddings).resolve(spec)
+        entry = EmbeddingLibrary.for_data(data_dir).resolve(spec)
         return entry.require_embedding(), entry.path
     except EmbeddingError as e:
         raise TrainingError(str(e)) from e

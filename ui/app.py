@@ -98,8 +98,11 @@ def build(data: DataDir, *, model: str | None = None, ctx=None):
 
     ctx = ctx or AppContext(data=data.ensure(), default_model=model)
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        also = [f"`{p}`" for p in (*ctx.data.models_dirs, *ctx.data.embeddings_dirs)]
         gr.Markdown(f"# {TITLE}\nCreate, train, inspect and export textual-inversion embeddings. "
-                    f"Data folder: `{ctx.data.root}`", elem_id="ti-header")
+                    f"Data folder: `{ctx.data.root}`" + (f" · also reading {', '.join(also)}" if also else "")
+                    + (f" · new embeddings go to `{ctx.data.embeddings}`" if ctx.data.embeddings_dirs else ""),
+                    elem_id="ti-header")
         with gr.Tabs(elem_id="tabs"):
             _add_tabs(gr, ctx, demo)
     demo.ti_context = ctx  # type: ignore[attr-defined]  # for tests and benchmarks

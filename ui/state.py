@@ -92,7 +92,7 @@ class AppContext:
             lib = self._libraries.get(key)
             if lib is None:
                 tokenizer = model.tokenizers[0] if model is not None else None
-                lib = self._libraries[key] = EmbeddingLibrary(self.data.embeddings, widths, tokenizer)
+                lib = self._libraries[key] = EmbeddingLibrary.for_data(self.data, widths, tokenizer)
         lib.refresh()
         return lib
 
