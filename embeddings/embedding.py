@@ -14,6 +14,15 @@ from embeddings.families import family_for_widths
 MAX_VECTORS = 75  # one 77-token CLIP chunk minus BOS and EOS
 
 
+def json_copy(value: Any) -> Any:
+    """A deep copy of JSON-like data (dicts, lists, scalars), so a copy never shares kind_info."""
+    if isinstance(value, dict):
+        return {k: json_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_copy(v) for v in value]
+    return value
+
+
 class EmbeddingError(ValueError):
     """A user-facing problem with an embedding (bad name, bad init text, bad shape)."""
 
@@ -34,12 +43,21 @@ class Embedding:
     `vectors` maps an encoder key (`clip_l`, `clip_h`, `clip_g`: see `embeddings.families`) to a
     float32 CPU tensor of shape [n_vectors, width]. SD 1.x and 2.x embeddings have one entry, SDXL two with equal row counts.
     `metadata` holds JSON-serialisable values only (init text, base model, settings ...).
+
+    `kind` says how the vectors condition the UNet (`embeddings.kinds`: "standard", "per-layer").
+    Whatever the kind, `vectors` is its *standard part*: the one set every other tool loads and
+    every format writes. A kind with more than one set keeps its own tensors in `parts` (per-layer:
+    [groups, n_vectors, width] per encoder key) and what they mean in `kind_info` (JSON values:
+    grouping, group names ...); the kind's module validates and interprets both.
     """
 
     name: str
     vectors: dict[str, torch.Tensor]
     step: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
+    kind: str = "standard"
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    kind_info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.vectors:
@@ -64,6 +82,12 @@ class Embedding:
             clean[key] = t.contiguous()
         self.vectors = clean
         self.step = int(self.step or 0)
+        for key, t in self.parts.items():
+            if not isinstance(t, torch.Tensor):
+                raise EmbeddingError(f"embedding {self.name!r}: part {key} is not a tensor")
+        self.parts = {k: t.detach().to("cpu", torch.float32).contiguous() for k, t in self.parts.items()}
+        if self.kind == "standard" and self.parts:
+            raise EmbeddingError(f"embedding {self.name!r}: a standard embedding has no parts")
 
     @property
     def num_vectors(self) -> int:
@@ -93,7 +117,7 @@ class Embedding:
         return {k: [float(x) for x in v.norm(dim=1)] for k, v in self.vectors.items()}
 
     def is_finite(self) -> bool:
-        return all(bool(torch.isfinite(v).all()) for v in self.vectors.values())
+        return all(bool(torch.isfinite(v).all()) for v in (*self.vectors.values(), *self.parts.values()))
 
     def copy(self, **changes: Any) -> "Embedding":
         vectors = changes.pop("vectors", {k: v.clone() for k, v in self.vectors.items()})
@@ -103,20 +127,26 @@ class Embedding:
             vectors=vectors,
             step=changes.pop("step", self.step),
             metadata=metadata,
+            kind=changes.pop("kind", self.kind),
+            parts=changes.pop("parts", {k: v.clone() for k, v in self.parts.items()}),
+            kind_info=changes.pop("kind_info", json_copy(self.kind_info)),
             **changes,
         )
 
     def equal(self, other: "Embedding") -> bool:
-        """Bit-exact equality of the vectors (names and metadata are not compared)."""
-        return self.vectors.keys() == other.vectors.keys() and all(
-            torch.equal(self.vectors[k], other.vectors[k]) for k in self.vectors
-        )
+        """Bit-exact equality of the vectors, the kind and its parts (names and metadata are not compared)."""
+        def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+            return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+        return (same(self.vectors, other.vectors) and self.kind == other.kind and same(self.parts, other.parts)
+                and self.kind_info == other.kind_info)
 
     def summary(self) -> dict[str, Any]:
         """What `inspect` shows; JSON-serialisable."""
         norms = self.norms()
         return {
             "name": self.name,
+            "kind": self.kind,
             "vectors": self.num_vectors,
             "widths": self.widths,
             "family": self.family,

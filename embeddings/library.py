@@ -36,6 +36,7 @@ from embeddings.embedding import Embedding, EmbeddingError, EmbeddingFileError
 from embeddings.formats import EMBEDDING_SUFFIXES, is_image_format, load_embedding, save_embedding
 from embeddings.formats.diffusers_format import pair_paths
 from embeddings.formats.png_embed import find_data_blocks
+from embeddings.kinds import kind_of
 from embeddings.names import clean_name, shadowing_pairs, validate_name
 from workspace.atomic import atomic_write_with, remove_stale_temps
 
@@ -72,6 +73,8 @@ class LibraryEntry:
     # What the file holds; None when it could not be read (`reason` says why). Shared with the
     # library's cache: treat it as read-only (`.copy()` to change it).
     embedding: Embedding | None = field(default=None, repr=False, compare=False)
+    kind: str = "standard"  # embeddings.kinds: how the vectors condition the UNet
+    layer_groups: int | None = None  # per-layer kinds: how many layer groups hold their own vectors
 
     @property
     def ok(self) -> bool:
@@ -90,6 +93,8 @@ class LibraryEntry:
             "path": str(self.path),
             "format": self.format,
             "vectors": self.num_vectors,
+            "kind": self.kind,
+            "layer_groups": self.layer_groups,
             "widths": dict(self.widths),
             "family": self.family,
             "step": self.step,
@@ -221,7 +226,8 @@ class EmbeddingLibrary:
         return LibraryEntry(
             name=emb.name, path=path, format=emb.metadata.get("format"), num_vectors=emb.num_vectors,
             widths=emb.widths, family=emb.family, step=emb.step, status="skipped" if reason else "ok",
-            reason=reason, metadata=dict(emb.metadata), embedding=emb,
+            reason=reason, metadata=dict(emb.metadata), embedding=emb, kind=emb.kind,
+            layer_groups=len(kind_of(emb).describe(emb).get("groups", [])) or None,
         )
 
     def _build_entries(self) -> list[LibraryEntry]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from embeddings.embedding import Embedding
+from embeddings.kinds import LayerLayout, coarse_mask, conditioning_layout, kind_of, layer_layout, routed, style_mix
 from embeddings.names import NameMatcher, tokenize_plain
 
 log = logging.getLogger(__name__)
@@ -42,16 +43,21 @@ class TextConditioning:
 class PromptEncoder:
     """Tokenizes and encodes prompts for one base model and a set of embeddings."""
 
-    def __init__(self, model, vector_counts: Mapping[str, int], clip_skip: int = 1):
+    def __init__(self, model, vector_counts: Mapping[str, int], clip_skip: int = 1,
+                 layout: LayerLayout | None = None):
+        """`layout`: the layer routing installed on the UNet when per-layer embeddings are used
+        (`embeddings.kinds.conditioning_layout`); None for standard conditioning."""
         self.model = model
         self.vector_counts = dict(vector_counts)
         self.clip_skip = max(1, int(clip_skip))
+        self.layout = layout
         self.matcher = NameMatcher(model.tokenizers[0], self.vector_counts)
 
     @classmethod
-    def for_embeddings(cls, model, embeddings: Mapping[str, Embedding] | list[Embedding], clip_skip: int = 1):
+    def for_embeddings(cls, model, embeddings: Mapping[str, Embedding] | list[Embedding], clip_skip: int = 1,
+                       layout: LayerLayout | None = None):
         embs = list(embeddings.values()) if isinstance(embeddings, Mapping) else list(embeddings)
-        return cls(model, {e.name: e.num_vectors for e in embs}, clip_skip)
+        return cls(model, {e.name: e.num_vectors for e in embs}, clip_skip, layout)
 
     def tokenize(self, prompts: list[str]) -> TokenizedPrompts:
         rows: list[list[int]] = []
@@ -99,15 +105,72 @@ class PromptEncoder:
         vectors: Mapping[str, Mapping[str, torch.Tensor]],
         tokenized: TokenizedPrompts | None = None,
     ) -> TextConditioning:
-        """`vectors[name][encoder_key]` is a [n, width] tensor (live and trainable, or stored)."""
+        """`vectors[name][encoder_key]` is [n, width] (the same on every layer) or, with a `layout`,
+        [groups, n, width] (one set per group: `embeddings.kinds`); live and trainable, or stored.
+
+        Without per-group vectors in the prompts the result is the plain [B, 77, D] context. With
+        them, the prompts are encoded once per distinct group variant, all variants in ONE batched
+        text-encoder pass, and the context is [B, groups * 77, D] (group g at tokens g*77 ...), which
+        the routing processors cut up per layer. Variants are reused when they are the same tensor
+        (e.g. a standard embedding beside a per-layer one); without gradients also when their values
+        are equal, so an untrained per-layer embedding costs one pass, as a standard one does.
+        (With gradients, equal values must stay separate rows: each group needs its own gradient.)
+        SDXL's pooled output (which is not per layer) is the mean over groups."""
         tp = tokenized or self.tokenize(prompts)
+        groups = self.layout.size if self.layout is not None else 1
+        used = sorted({name for _b, _s, name, _k in tp.fixes if name in vectors})
+        for name in used:
+            for key, t in vectors[name].items():
+                if t.dim() == 3 and t.shape[0] != groups:
+                    raise ValueError(f"{name}: {key} has {t.shape[0]} layer groups, the routing has {groups}")
+        slot_variant, variants = self._variants(used, vectors, groups)
+        hidden, pooled = self._encode_batched(tp, variants, len(prompts))
+        if len(variants) == 1:
+            return TextConditioning(hidden=hidden[0], pooled=None if pooled is None else pooled[0])
+        index = torch.tensor(slot_variant, device=hidden.device)
+        per_slot = hidden.index_select(0, index)  # [G, B, 77, D]
+        context = per_slot.permute(1, 0, 2, 3).reshape(per_slot.shape[1], -1, per_slot.shape[-1])
+        return TextConditioning(hidden=context,
+                                pooled=None if pooled is None else pooled.index_select(0, index).mean(dim=0))
+
+    def _variants(self, used: list[str], vectors: Mapping[str, Mapping[str, torch.Tensor]],
+                  groups: int) -> tuple[list[int], list[dict[str, dict[str, torch.Tensor]]]]:
+        """For each layer group, which variant it uses; and each distinct variant's [n, width] vectors."""
+        def pick(name: str, g: int) -> dict[str, torch.Tensor]:
+            return {k: (t[g] if t.dim() == 3 else t) for k, t in vectors[name].items()}
+
+        by_value = not (torch.is_grad_enabled() and any(t.requires_grad for n in used for t in vectors[n].values()))
+        variants: list[dict[str, dict[str, torch.Tensor]]] = []
+        signatures: list[tuple] = []
+        slot_variant: list[int] = []
+        for g in range(groups):
+            # identity of what group g splices: (name, own group) per name, or the values themselves
+            sig = tuple((n, g if any(t.dim() == 3 for t in vectors[n].values()) else -1) for n in used)
+            found = None
+            for i, (other, variant) in enumerate(zip(signatures, variants, strict=True)):
+                if other == sig or (by_value and all(
+                        torch.equal(variant[n][k], v) for n in used for k, v in pick(n, g).items())):
+                    found = i
+                    break
+            if found is None:
+                signatures.append(sig)
+                variants.append({n: pick(n, g) for n in used})
+                found = len(variants) - 1
+            slot_variant.append(found)
+        return slot_variant, variants
+
+    def _encode_batched(self, tp: TokenizedPrompts, variants: list[dict[str, dict[str, torch.Tensor]]],
+                        batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[V, B, 77, D] hidden states (and [V, B, P] pooled for SDXL) of every variant, one pass per encoder."""
         hidden_parts = []
         pooled = None
         is_xl = self.model.family == "sdxl"
+        count = len(variants)
         for idx, (key, te) in enumerate(zip(self.model.encoder_keys, self.model.text_encoders, strict=True)):
             device = te.get_input_embeddings().weight.device
-            ids = tp.ids[idx].to(device)
-            fixes = [(b, s, vectors[name][key][:k]) for b, s, name, k in tp.fixes if name in vectors]
+            ids = tp.ids[idx].to(device).repeat(count, 1)
+            fixes = [(v * batch + b, s, variant[name][key][:k])
+                     for v, variant in enumerate(variants) for b, s, name, k in tp.fixes if name in variant]
             with splice_vectors(te, fixes):
                 out = te(ids, output_hidden_states=is_xl or self.clip_skip > 1, return_dict=True)
             if is_xl:
@@ -121,7 +184,10 @@ class PromptEncoder:
             else:
                 hidden_parts.append(out.last_hidden_state)
         hidden = hidden_parts[0] if len(hidden_parts) == 1 else torch.cat(hidden_parts, dim=-1)
-        return TextConditioning(hidden=hidden, pooled=pooled)
+        hidden = hidden.reshape(count, batch, *hidden.shape[1:])
+        if pooled is not None:
+            pooled = pooled.reshape(count, batch, *pooled.shape[1:])
+        return hidden, pooled
 
 
 @contextlib.contextmanager
@@ -151,9 +217,36 @@ def splice_vectors(text_encoder, fixes: list[tuple[int, int, torch.Tensor]]) -> 
         handle.remove()
 
 
-def embedding_vectors(embeddings: Mapping[str, Embedding] | list[Embedding]) -> dict[str, dict[str, torch.Tensor]]:
+def embedding_vectors(embeddings: Mapping[str, Embedding] | list[Embedding],
+                      layout: LayerLayout | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """Each embedding's conditioning tensors for `layout`, as its kind lays them out."""
     embs = list(embeddings.values()) if isinstance(embeddings, Mapping) else list(embeddings)
-    return {e.name: e.vectors for e in embs}
+    return {e.name: kind_of(e).condition(e, layout) for e in embs}
+
+
+def widen(hidden: torch.Tensor, length: int) -> torch.Tensor:
+    """A plain [B, 77, D] context repeated to `length` tokens, so it pairs with a routed context
+    (CFG concatenates the negative and the positive one): every layer group reads the same."""
+    if hidden.shape[1] == length:
+        return hidden
+    return hidden.repeat(1, length // hidden.shape[1], 1)
+
+
+def prepare_conditioning(model, prompts: list[str], embeddings: Mapping[str, Embedding] | list[Embedding],
+                         clip_skip: int = 1, *, layout: LayerLayout | None = None,
+                         ) -> tuple[list[TextConditioning], LayerLayout | None]:
+    """Encode `prompts` with the embeddings they name (any kinds, mixed), and the routing the UNet
+    needs for them (install it with `embeddings.kinds.routed`), or for an already installed
+    `layout`. Contexts come back with equal lengths, ready to pair for CFG."""
+    embs = list(embeddings.values()) if isinstance(embeddings, Mapping) else list(embeddings)
+    names = PromptEncoder.for_embeddings(model, embs, clip_skip).tokenize(prompts).used if embs else set()
+    used = [e for e in embs if e.name in names]
+    layout = layout if layout is not None else conditioning_layout(model.unet, used)
+    enc = PromptEncoder.for_embeddings(model, embs, clip_skip, layout)
+    vecs = embedding_vectors(used, layout)
+    conds = [enc.encode([p], vecs) for p in prompts]
+    length = max(c.hidden.shape[1] for c in conds)
+    return [TextConditioning(widen(c.hidden, length), c.pooled) for c in conds], layout
 
 
 def prompt_token_count(tokenizer, text: str, vector_counts: Mapping[str, int]) -> int:
@@ -178,10 +271,7 @@ def generate(model, prompt: str, embeddings: Mapping[str, Embedding] | list[Embe
 
     `should_stop` is asked after every denoising step; when it says yes, GenerationStopped is
     raised, so an interrupt during a training preview takes one step, not the whole image."""
-    enc = PromptEncoder.for_embeddings(model, embeddings, clip_skip=clip_skip)
-    vecs = embedding_vectors(embeddings)
-    cond = enc.encode([prompt], vecs)
-    uncond = enc.encode([negative_prompt], vecs)
+    (cond, uncond), layout = prepare_conditioning(model, [prompt, negative_prompt], embeddings, clip_skip)
     pipe = model.pipeline()
     if scheduler is not None:
         pipe.scheduler = scheduler
@@ -208,4 +298,28 @@ def generate(model, prompt: str, embeddings: Mapping[str, Embedding] | list[Embe
             return callback_kwargs
 
         kwargs["callback_on_step_end"] = check
-    return pipe(**kwargs).images[0]
+    with routed(model.unet, layout):
+        return pipe(**kwargs).images[0]
+
+
+def default_splits(layers: int, count: int = 5) -> list[int]:
+    """`count` split points from "inner embedding on every layer" (0) to "outer on every layer"."""
+    top = (layers + 1) // 2
+    return sorted({round(i * top / max(1, count - 1)) for i in range(count)})
+
+
+def generate_style_mix(model, prompt: str, inner: Embedding, outer: Embedding,
+                       embeddings: Mapping[str, Embedding] | list[Embedding], splits: list[int] | None = None,
+                       **generate_kwargs) -> list[tuple[int, object]]:
+    """Style mixing as a row of images: for each split s, `inner` on the coarse layers (all but s
+    cross-attention layers at each end) and `outer` on the fine ones, spliced where the prompt
+    names `inner`. Returns [(s, PIL image)]; s = 0 is `inner` alone. Same seed for every image, so
+    only the mix changes along the row."""
+    layers = len(layer_layout(model.unet, "layer").layers)
+    others = [e for e in (embeddings.values() if isinstance(embeddings, Mapping) else embeddings)
+              if e.name != inner.name]
+    row = []
+    for s in splits if splits is not None else default_splits(layers):
+        mixed = style_mix(inner, outer, model.unet, coarse_mask(layers, s))
+        row.append((s, generate(model, prompt, [*others, mixed], **generate_kwargs)))
+    return row

@@ -62,16 +62,24 @@ class Loss:
 
 @dataclass(frozen=True)
 class Norms:
-    """The L2 norm of each learned vector, per text encoder: {"clip_l": (0.14, 0.15), ...}."""
+    """The L2 norm of each learned vector, per text encoder: {"clip_l": (0.14, 0.15), ...}.
+
+    An embedding with one set per layer group (the per-layer kind) also sends `layers`: per
+    encoder, per group, the norm of each vector (a groups x vectors grid: the heat map); `norms`
+    is then its standard part (what other tools load)."""
 
     kind: ClassVar[str] = "norms"
     step: int
     norms: dict[str, tuple[float, ...]]
+    layers: dict[str, tuple[tuple[float, ...], ...]] | None = None
 
     def __post_init__(self) -> None:
         # Tuples of floats whatever came in (lists from JSON, tensors' tolist()), so an event read
         # back from the log equals the one emitted.
         object.__setattr__(self, "norms", {str(k): tuple(float(x) for x in v) for k, v in dict(self.norms).items()})
+        if self.layers is not None:
+            object.__setattr__(self, "layers", {str(k): tuple(tuple(float(x) for x in row) for row in grid)
+                                                for k, grid in dict(self.layers).items()})
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,9 @@ class TrainState:
     source_path: str = ""  # the embedding file the run started from
     not_learning_warned: bool = False
     smoothed_loss: float | None = None
+    # The embedding's kind (embeddings.kinds): `vectors` are that kind's trainable tensors.
+    embedding_kind: str = "standard"
+    kind_info: dict[str, Any] = field(default_factory=dict)
 
 
 def capture_rng(generator: torch.Generator, prompt_rng: random.Random) -> dict[str, Any]:
@@ -110,6 +113,8 @@ def save_bundle(path: Path, state: TrainState) -> Path:
         "source_path": state.source_path,
         "not_learning_warned": bool(state.not_learning_warned),
         "smoothed_loss": state.smoothed_loss,
+        "embedding_kind": state.embedding_kind,
+        "kind_info": state.kind_info,
     }
     for key, v in payload["vectors"].items():
         if not torch.isfinite(v).all():  # the loop never gets here with bad vectors; belt and braces
@@ -151,6 +156,8 @@ def load_bundle(path: Path) -> TrainState:
         source_path=data.get("source_path", ""),
         not_learning_warned=data.get("not_learning_warned", False),
         smoothed_loss=data.get("smoothed_loss"),
+        embedding_kind=data.get("embedding_kind", "standard"),  # bundles from before kinds: standard
+        kind_info=dict(data.get("kind_info") or {}),
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 import tomllib
 import types
@@ -121,6 +122,7 @@ class TrainConfig:
     vector_shuffle: str = "off"
     shuffle_prob: float = 1.0
     clip_skip: int = 1
+    density_weight: float = 0.0  # density (KDE) regulariser towards real token embeddings; 0 = off
 
     # --- outputs -------------------------------------------------------------------------------------
     save_every: int = 500  # snapshot + resume bundle every N steps; 0 = only at the end
@@ -285,13 +287,16 @@ class TrainConfig:
             raise ConfigError(f"bucket_step: must be a multiple of 8, at least 8 (got {self.bucket_step})")
         for key in ("max_steps", "more_steps", "warmup_steps", "keep_tags", "save_every", "preview_every",
                     "eval_every", "eval_images", "nan_patience", "not_learning_steps", "preview_width",
-                    "preview_height", "weight_decay", "min_lr", "not_learning_threshold", "preview_cfg"):
+                    "preview_height", "weight_decay", "min_lr", "not_learning_threshold", "preview_cfg",
+                    "density_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must not be negative (got {getattr(self, key)})")
         for key in ("tag_dropout", "flip_p", "shuffle_prob"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"{key}: must be between 0 and 1 (got {getattr(self, key)})")
         self._validate_scores()
+        if not math.isfinite(self.density_weight):
+            raise ConfigError(f"density_weight: must be a finite number (got {self.density_weight})")
         if self.nan_patience < 1:
             raise ConfigError("nan_patience: must be at least 1")
         if self.min_bucket > self.max_bucket:

@@ -50,6 +50,9 @@ FIELD_TEXT: dict[str, tuple[str, str | None]] = {
                                           "its own (multi-vector)"),
     "shuffle_prob": ("Shuffle chance", "0 to 1: share of steps that shuffle"),
     "clip_skip": ("CLIP skip", "1 = last text-encoder layer; 2 = the one before"),
+    "density_weight": ("Density regulariser weight", "Pull the vectors towards where real word embeddings "
+                                                      "lie (P+/XTI): keeps them editable; 0 = off, try 1e-3. "
+                                                      "The training loss shown includes it"),
     # precision & speed
     "gradient_checkpointing": ("Gradient checkpointing", "Less GPU memory, slower steps"),
     "mixed_precision": ("Mixed precision", "auto: bf16/fp16 on a GPU, full precision on CPU"),

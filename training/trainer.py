@@ -48,6 +48,7 @@ from diffusers import DDPMScheduler
 
 from embeddings.embedding import Embedding, EmbeddingError
 from embeddings.formats import save_embedding
+from embeddings.kinds import get_kind, install_routing, kind_of
 from embeddings.library import EmbeddingLibrary
 from embeddings.prompt import GenerationStopped, PromptEncoder
 from jobs import events
@@ -55,6 +56,7 @@ from jobs.registry import Job
 from training.checkpoint import TrainState, capture_rng, load_bundle, restore_rng, rng_for_rank, save_bundle
 from training.config import ConfigError, TrainConfig
 from training.dataset import EpochSampler, PromptBuilder, check_dataset, load_pixels, scan_dataset
+from training.density import DensityPrior
 from training.device import DevicePlan, choose_device
 from training.distributed import DistContext
 from training.errors import TrainingError
@@ -115,6 +117,7 @@ class StepContext:
     generator: torch.Generator
     prompt_rng: random.Random
     end: int
+    density: DensityPrior | None = None  # the density regulariser (config.density_weight > 0)
 
 
 @dataclass
@@ -161,6 +164,7 @@ class RunState:
     preview_rounds: int = 0
     unwritable_logs: set[Path] = field(default_factory=set)
     rank_rng: list[dict[str, Any]] = field(default_factory=list)  # every process's generators (main only)
+    routing: Any = None  # the kind's layer routing on the UNet (embeddings.kinds.Routing), or None
 
     @property
     def main(self) -> bool:
@@ -177,7 +181,7 @@ class RunState:
     def live_embedding(self, step: int) -> Embedding:
         meta = {**self.emb.metadata, "settings": self.config.to_dict(), "run": self.run.name,
                 "base_model": self.model.name, "base_model_hash": self.model.short_hash}
-        return Embedding(self.emb.name, {k: v.detach().cpu() for k, v in self.vectors.items()}, step, meta)
+        return kind_of(self.emb).rebuild(self.emb, self.vectors, step=step, metadata=meta)
 
     def bundle(self) -> TrainState:
         return TrainState(
@@ -188,6 +192,7 @@ class RunState:
             rank_rng=self.rank_rng if self.dist.world > 1 else [],
             settings={**self.config.to_dict(), "_origin_step": self.origin}, embedding_name=self.emb.name,
             embedding_metadata=self.emb.metadata, source_path=str(self.source or ""),
+            embedding_kind=self.emb.kind, kind_info=self.emb.kind_info,
             not_learning_warned=self.not_learning_warned, smoothed_loss=self.smoothed,
         )
 
@@ -328,7 +333,7 @@ def prepare(config: TrainConfig, model, data_dir: DataDir, job: Job, *, run: Run
     # ---- 1.1 the embedding and where training starts ------------------------------------------------
     state = load_bundle(run.bundle_path) if resume and run is not None else None
     if state is not None:
-        emb = Embedding(state.embedding_name, state.vectors, state.step, dict(state.embedding_metadata))
+        emb = resumed_embedding(state)
         source = Path(state.source_path) if state.source_path else None
         say(f"resuming {emb.name} at step {emb.step} from {run.bundle_path.name} (optimizer and RNG restored)")
     else:
@@ -387,16 +392,24 @@ def prepare(config: TrainConfig, model, data_dir: DataDir, job: Job, *, run: Run
     model.vae.to("cpu")  # leaves the accelerator until a preview needs it
     say(f"cached {len(cache)} latent(s) ({config.latent_sampling}) in {time.time() - t0:.1f}s")
     noise_scheduler = DDPMScheduler.from_config(model.scheduler.config)
-    encoder = PromptEncoder(model, {emb.name: emb.num_vectors}, clip_skip=config.clip_skip)
+    kind = kind_of(emb)
+    try:
+        layout = kind.layout(emb, model.unet)  # the layer routing this kind needs (None: every layer alike)
+    except EmbeddingError as e:
+        raise TrainingError(str(e)) from e
+    encoder = PromptEncoder(model, {emb.name: emb.num_vectors}, clip_skip=config.clip_skip, layout=layout)
+    if layout is not None:
+        say(f"{kind.label}: {layout.size} {layout.grouping} group(s) over {len(layout.layers)} cross-attention layers")
 
     # ---- 1.4 trainable vectors, optimizer, random generators ------------------------------------------
-    vectors = {k: v.to(plan.device, torch.float32).clone().requires_grad_(True) for k, v in emb.vectors.items()}
+    vectors = {k: v.to(plan.device, torch.float32).clone().requires_grad_(True) for k, v in kind.trainable(emb).items()}
     optimizer = torch.optim.AdamW(list(vectors.values()), lr=lr_schedule.value_at(start),
                                   weight_decay=config.weight_decay)
     generator = torch.Generator(device="cpu").manual_seed(config.seed * 1000 + dist.rank)
     prompt_rng = random.Random(config.seed * 1000 + dist.rank)
+    density = (DensityPrior(model, config.density_weight, plan.device) if config.density_weight > 0 else None)
     ctx = StepContext(model, encoder, noise_scheduler, cache, records, PromptBuilder(lines, emb.name, opts, prompt_rng),
-                      emb.name, config, plan, generator, prompt_rng, end)
+                      emb.name, config, plan, generator, prompt_rng, end, density)
     st = RunState(config, model, data_dir, job, run, dist, ctx, emb, source, start, end, target, origin,
                   lr_schedule, clip_schedule, vectors, init_vectors={k: v.detach().clone() for k, v in vectors.items()},
                   optimizer=optimizer, scaler=torch.amp.GradScaler("cuda") if plan.use_scaler else None, step=start)
@@ -417,6 +430,7 @@ def prepare(config: TrainConfig, model, data_dir: DataDir, job: Job, *, run: Run
         if main:
             run.truncate_logs_after(start)
     st.batches = _micro_batches(st, EpochSampler(records, config.batch_size, config.repeats, config.seed), folder)
+    st.routing = install_routing(model.unet, layout)  # removed by _release
 
     # ---- 1.5 the run folder, evaluation, previews -------------------------------------------------------
     if main:
@@ -465,6 +479,9 @@ def _release(st: RunState) -> None:
             te.eval()
     if st.writer is not None:
         st.writer.close()
+    if st.routing is not None:
+        st.routing.remove()
+        st.routing = None
 
 
 def _micro_batches(st: RunState, sampler: EpochSampler, folder: Path) -> Iterator[list[int]]:
@@ -570,14 +587,14 @@ def micro_step(ctx: StepContext, idx: list[int], vectors: dict[str, torch.Tensor
     live: dict[str, dict[str, torch.Tensor]] = {ctx.name: vectors}
     if config.vector_shuffle != "off":
         fixes = []
-        n = next(iter(vectors.values())).shape[0]
+        n = next(iter(vectors.values())).shape[-2]  # [n, width], or [groups, n, width] for per-layer kinds
         for j, (b, s, nm, k) in enumerate(tp.fixes):
             order = shuffle_order(n, config.vector_shuffle, config.shuffle_prob, step, ctx.end, ctx.prompt_rng)
             if order is None:
                 fixes.append((b, s, nm, k))
                 continue
             alias = f"{nm}\x00{j}"
-            live[alias] = {key: v[order] for key, v in vectors.items()}
+            live[alias] = {key: v[..., order, :] for key, v in vectors.items()}
             fixes.append((b, s, alias, k))
         tp.fixes = fixes
     time_ids = None
@@ -586,8 +603,11 @@ def micro_step(ctx: StepContext, idx: list[int], vectors: dict[str, torch.Tensor
                                  latents.shape[-2:], ctx.model.vae_scale_factor, plan.device)
     with plan.autocast():
         cond = ctx.encoder.encode(prompts, live, tokenized=tp)
-        return denoise_loss(ctx.model, ctx.noise_scheduler, latents, noise, timesteps, cond, weight=weight,
+        loss = denoise_loss(ctx.model, ctx.noise_scheduler, latents, noise, timesteps, cond, weight=weight,
                             time_ids=time_ids)
+    if ctx.density is not None:
+        loss = loss + ctx.density.loss(vectors)
+    return loss
 
 
 # ---- 3. bookkeeping (main process) --------------------------------------------------------------------
@@ -595,7 +615,9 @@ def bookkeeping(st: RunState, outcome: Outcome) -> None:
     """After a step: loss.csv, events, the "not learning" check, eval, snapshots, previews."""
     config, step, job = st.config, st.step, st.job
     st.smoothed = outcome.loss if st.smoothed is None else 0.9 * st.smoothed + 0.1 * outcome.loss
-    norms = {k: [float(x) for x in v.detach().norm(dim=1)] for k, v in st.vectors.items()}
+    kind = kind_of(st.emb)
+    norms = kind.norms(kind.rebuild(st.emb, st.vectors, step=step, metadata={}).vectors)  # the standard part
+    layer_norms = kind.norms(st.vectors) if st.emb.parts else None  # per group: the heat map
     row: dict[str, Any] = {"step": step, "epoch": st.epoch, "loss": outcome.loss, "lr": outcome.lr}
     for k, ns in norms.items():
         row.update({f"norm_{k}_{i}": n for i, n in enumerate(ns)})
@@ -603,7 +625,7 @@ def bookkeeping(st: RunState, outcome: Outcome) -> None:
     elapsed = time.time() - st.t_start - st.preview_seconds
     it_s = st.steps_timed / elapsed if elapsed > 0 else 0.0
     job.emit(events.Loss(step=step, loss=outcome.loss, lr=outcome.lr, smoothed=st.smoothed, epoch=st.epoch))
-    job.emit(events.Norms(step=step, norms=norms))
+    job.emit(events.Norms(step=step, norms=norms, layers=layer_norms))
     job.progress(step - st.start, st.end - st.start, step=step, it_s=round(it_s, 4), eta_s=_eta(st, it_s),
                  epoch=st.epoch)
     if st.writer is not None:
@@ -714,6 +736,15 @@ def _tensorboard(run: RunFolder):
 
 
 # ---- inputs -----------------------------------------------------------------------------------------
+def resumed_embedding(state: TrainState) -> Embedding:
+    """The embedding a resume bundle holds: its kind rebuilt from the trained tensors."""
+    template = Embedding(state.embedding_name, {k: v[0] if v.dim() == 3 else v for k, v in state.vectors.items()},
+                         state.step, dict(state.embedding_metadata), kind=state.embedding_kind,
+                         kind_info=dict(state.kind_info))
+    return get_kind(state.embedding_kind).rebuild(template, state.vectors, step=state.step,
+                                                  metadata=dict(state.embedding_metadata))
+
+
 def resolve_embedding(spec: str, data_dir: DataDir) -> tuple[Embedding, Path]:
     """The embedding `spec` means, by the library's one rule (path, embedded name, file stem)."""
     try:

@@ -25,7 +25,10 @@ PNG (named after the file, since no name is inside). The name and step travel in
 
 **Info chunk (ours, all families).** `sd-ti-embedding-info` = base64 JSON
 `{"name", "step", "metadata"}` with our metadata (settings, base model, ...). A1111 ignores it.
-It is lost with the other chunks when metadata is stripped; the vectors are not.
+It is lost with the other chunks when metadata is stripped; the vectors are not. A kind other
+than standard (per-layer) adds its `kind`, `kind_info` and `kind_parts` there (as in our
+safetensors header), so our PNG carries the full embedding; the payload and the pixels hold its
+standard part, which is what A1111 and a stripped PNG give.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from embeddings.embedding import Embedding, EmbeddingError, EmbeddingFileError
 from embeddings.families import CLIP_G, CLIP_L
 from embeddings.formats.a1111_pt import a1111_dict, sdxl_dict
 from embeddings.formats.layouts import check_writable, classify, writable_metadata
+from embeddings.kinds import KIND_FILE_KEYS, kind_fields, with_kind_fields
 from workspace.atomic import atomic_write_with
 
 CHUNK_KEY = "sd-ti-embedding"
@@ -261,7 +265,7 @@ def image_payload(emb: Embedding) -> dict:
 
 
 def info_b64(emb: Embedding) -> bytes:
-    info = {"name": emb.name, "step": int(emb.step), "metadata": writable_metadata(emb)}
+    info = {"name": emb.name, "step": int(emb.step), "metadata": writable_metadata(emb), **kind_fields(emb)}
     return base64.b64encode(json.dumps(info, ensure_ascii=True, default=str).encode())
 
 
@@ -354,6 +358,10 @@ def load_image_embedding(path: Path) -> Embedding:
     stored = data.get("name") if isinstance(data, dict) else None
     name = stored if isinstance(stored, str) and stored else info.get("name") or path.stem
     emb = classify(path, data, container="image", name=str(name))
+    try:
+        emb = with_kind_fields(emb, {k: info[k] for k in KIND_FILE_KEYS if k in info})
+    except EmbeddingError as e:
+        raise EmbeddingFileError(path, str(e)) from None
     meta = dict(info.get("metadata") or {}) if isinstance(info.get("metadata"), dict) else {}
     for k in ("format", "sha256", "source_dtype", "token", "stored_name"):
         meta.pop(k, None)

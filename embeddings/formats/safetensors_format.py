@@ -11,6 +11,13 @@ base_model, base_model_hash, init_text, settings ...). On reading, values that a
 (other tools' headers, e.g. kohya's `ss_*`) are kept as the raw strings. `"ti_format": "1"`
 marks a header we wrote.
 
+Kinds other than standard (`embeddings.kinds`, e.g. per-layer) write their standard part under
+the keys above, so A1111, ComfyUI and diffusers load the file as an ordinary embedding, plus
+three header entries: `kind` ("per-layer"), `kind_info` (grouping, group names, how the standard
+part was made) and `kind_parts` (the kind's own tensors as base64 raw float32,
+`embeddings.kinds.base.encode_parts`). They are not extra tensors because A1111 refuses a
+one-encoder file with two tensors and diffusers wants exactly one key.
+
 As in A1111, the file name (not the stored `name`) is the embedding's name.
 """
 
@@ -24,9 +31,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from embeddings.embedding import Embedding, EmbeddingFileError
+from embeddings.embedding import Embedding, EmbeddingError, EmbeddingFileError
 from embeddings.families import CLIP_G, CLIP_L
 from embeddings.formats.layouts import KOHYA_KEY, check_writable, classify, single_tensor, writable_metadata
+from embeddings.kinds import kind_fields, with_kind_fields
 from workspace.atomic import atomic_write_bytes
 
 HEADER_MARK = "ti_format"
@@ -58,6 +66,10 @@ def load_safetensors_embedding(path: Path, name: str | None = None) -> Embedding
     tensors, header = read_safetensors(path)
     emb = classify(path, tensors, container="safetensors", name=name or path.stem)
     meta = decode_header(header)
+    try:
+        emb = with_kind_fields(emb, meta)
+    except EmbeddingError as e:
+        raise EmbeddingFileError(path, str(e)) from None
     stored_name = meta.pop("name", None)
     step = meta.pop("step", None)
     meta.pop(HEADER_MARK, None)
@@ -76,7 +88,7 @@ def load_safetensors_embedding(path: Path, name: str | None = None) -> Embedding
 
 def encode_header(emb: Embedding) -> dict[str, str]:
     header = {HEADER_MARK: HEADER_VERSION, "name": json.dumps(emb.name), "step": json.dumps(int(emb.step))}
-    for k, v in writable_metadata(emb).items():
+    for k, v in {**writable_metadata(emb), **kind_fields(emb)}.items():
         if k in header:
             continue
         header[str(k)] = json.dumps(v, ensure_ascii=False, default=str)
