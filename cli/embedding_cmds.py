@@ -11,6 +11,8 @@ from embeddings.families import known_widths
 from embeddings.formats import FORMATS, export_name, load_embedding, save_embedding
 from embeddings.formats.diffusers_format import pair_paths
 from embeddings.formats.report import inspect_file
+from embeddings.kinds import KINDS, get_kind, kind_of
+from embeddings.library import EmbeddingLibrary
 from models.load import load_base_model
 
 
@@ -23,6 +25,17 @@ def register(sub) -> None:
     p.add_argument("--model", default="tiny", help="tiny, a diffusers folder, a .safetensors/.ckpt file or a hub id")
     p.add_argument("--format", choices=["safetensors", "pt"], default="safetensors")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--kind", choices=list(KINDS), default="standard",
+                   help="; ".join(f"{k.name}: {k.summary}" for k in KINDS.values()))
+    p.add_argument("--from", dest="start_from", default=None, metavar="EMBEDDING",
+                   help="start from this standard embedding's vectors (a library name or a file) instead of init text")
+    seen: set[str] = set()
+    for kind in KINDS.values():  # each kind's own creation options, once each
+        for opt in kind.options:
+            if opt.name not in seen:
+                seen.add(opt.name)
+                p.add_argument(f"--{opt.name.replace('_', '-')}", dest=f"kind_{opt.name}", choices=opt.choices,
+                               default=opt.default, help=f"({kind.name}) {opt.help}")
     p.set_defaults(func=run_create)
     register_inspect_convert(sub)
 
@@ -32,12 +45,31 @@ def run_create(args) -> int:
     target = dd.embeddings / f"{args.name.strip()}.{args.format}"
     if target.exists() and not args.overwrite:
         raise CliError(f"{target} already exists (use --overwrite to replace it)")
+    kind = get_kind(args.kind)
+    if args.format != "safetensors" and kind.name != "standard":
+        raise CliError(f"a {kind.name} embedding is kept whole only in .safetensors (and our PNG); use --format "
+                       "safetensors, and convert to .pt later for other tools")
     model = load_base_model(args.model, dd)
-    plan = plan_embedding(model.tokenizers[0], args.name, args.init_text, args.vectors, args.init)
-    emb = create_embedding(model, args.name, args.init_text, args.vectors, args.init)
     print(f"model: {model.label}")
-    for line in plan.describe():
-        print(line)
+    if args.start_from:
+        base = EmbeddingLibrary.for_data(dd).resolve(args.start_from).require_embedding()
+        if base.kind != "standard":
+            raise CliError(f"--from {args.start_from}: a {base.kind} embedding; start from a standard one")
+        reason = base.mismatch_reason(model.widths)
+        if reason:
+            raise CliError(f"--from {args.start_from}: {reason}")
+        emb = base.copy(name=args.name.strip(), step=0)
+        print(f"starting from {base.name}: {base.num_vectors} vector(s)")
+    else:
+        plan = plan_embedding(model.tokenizers[0], args.name, args.init_text, args.vectors, args.init)
+        emb = create_embedding(model, args.name, args.init_text, args.vectors, args.init)
+        for line in plan.describe():
+            print(line)
+    emb = kind.make(emb, model.unet, **{o.name: getattr(args, f"kind_{o.name}") for o in kind.options})
+    print(f"kind: {kind.label}: {kind.summary}")
+    for key, value in kind.describe(emb).items():
+        if key not in ("kind", "group_norms"):
+            print(f"  {key}: {len(value) if isinstance(value, list) else value}")
     path = save_embedding(emb, target)
     print(f"created {path}")
     return 0
@@ -70,6 +102,15 @@ def run_inspect(args) -> int:
     print(f"file:     {report['file']}")
     print(f"format:   {report['format']}")
     print(f"name:     {report['name']}")
+    print(f"kind:     {report['kind']}")
+    for key, value in report.get("kind_details", {}).items():
+        if key == "groups":
+            print(f"  groups: {len(value)} ({', '.join(value[:4])}{' ...' if len(value) > 4 else ''})")
+        elif key == "group_norms":
+            for enc, rows in value.items():
+                print(f"  {enc} norms per group: " + " | ".join(" ".join(f"{x:.3f}" for x in row) for row in rows))
+        else:
+            print(f"  {key}: {value}")
     print(f"vectors:  {report['vectors']}")
     print(f"width:    {widths}")
     print(f"fits:     {fits}")
@@ -114,4 +155,7 @@ def run_convert(args) -> int:
     written = save_embedding(emb, out, args.to, preview=args.preview)
     extra = f" and {targets[1].name}" if len(targets) > 1 else ""
     print(f"wrote {written}{extra} ({args.to}, {emb.num_vectors} vectors, name {emb.name!r})")
+    note = kind_of(emb).export_note(emb, args.to)
+    if note:
+        print(f"note: {emb.kind} embedding: {note}")
     return 0

@@ -29,6 +29,12 @@ def register(sub) -> None:
     p.add_argument("--size", default="", metavar="WxH", help="image size, e.g. 512x512 (default: the model's native)")
     p.add_argument("--scheduler", default="default", choices=["default", *SCHEDULER_CLASSES],
                    help="sampler (default: the model's own)")
+    p.add_argument("--style-mix", nargs=2, metavar=("INNER", "OUTER"), default=None,
+                   help="style mixing: INNER (named in the prompt, e.g. an object) on the coarse layers and OUTER "
+                        "(e.g. a style) on the fine ones; writes a row of images across split points")
+    p.add_argument("--splits", default="", metavar="S,S,...",
+                   help="with --style-mix: layers at each end that take OUTER, one image each (default: 5 "
+                        "points from 0 = INNER only to all OUTER)")
     p.add_argument("-o", "--output", default="generated.png", help="output PNG (default generated.png)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run)
@@ -53,7 +59,7 @@ def run(args) -> int:
     from PIL.PngImagePlugin import PngInfo
 
     from embeddings.library import EmbeddingLibrary
-    from embeddings.prompt import PromptEncoder, generate
+    from embeddings.prompt import PromptEncoder, generate, generate_style_mix
     from models.load import load_base_model
     from training.previews import make_scheduler
     from workspace.atomic import atomic_path
@@ -70,13 +76,26 @@ def run(args) -> int:
     lib.refresh()
     embs = list(lib.loaded().values())
     used = sorted(PromptEncoder.for_embeddings(model, embs).tokenize([args.prompt, args.negative]).used) if embs else []
-    image = generate(model, args.prompt, embs, negative_prompt=args.negative, seed=args.seed, steps=args.steps,
-                     cfg=args.cfg, width=width, height=height, scheduler=make_scheduler(model, args.scheduler))
+    settings = dict(negative_prompt=args.negative, seed=args.seed, steps=args.steps, cfg=args.cfg, width=width,
+                    height=height, scheduler=make_scheduler(model, args.scheduler))
+    mix_note = ""
+    if args.style_mix:
+        inner, outer = (_library_embedding(lib, spec) for spec in args.style_mix)
+        if inner.name not in used:
+            raise CliError(f"--style-mix: the prompt does not name {inner.name!r}; write it where the mix goes")
+        row = generate_style_mix(model, args.prompt, inner, outer, embs, _parse_splits(args.splits), **settings)
+        image = _side_by_side([im for _, im in row])
+        splits = [s for s, _ in row]
+        mix_note = f", Style mix: {inner.name} inner / {outer.name} outer, splits {splits}"
+        print(f"style mix: {inner.name} on the coarse layers, {outer.name} on the outer N at each end, "
+              f"N = {', '.join(map(str, splits))} (left to right)")
+    else:
+        image = generate(model, args.prompt, embs, **settings)
     info = PngInfo()
     neg = f"\nNegative prompt: {args.negative}" if args.negative else ""
     info.add_text("parameters", f"{args.prompt}{neg}\nSteps: {args.steps}, Sampler: {args.scheduler}, "
                                 f"CFG scale: {args.cfg}, Seed: {args.seed}, Size: {image.width}x{image.height}, "
-                                f"Model hash: {model.short_hash}, Model: {model.name}")
+                                f"Model hash: {model.short_hash}, Model: {model.name}{mix_note}")
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
@@ -87,3 +106,40 @@ def run(args) -> int:
             print(f"not usable with this model: {entry.name} ({entry.reason})")
     print(f"wrote {out} ({image.width}x{image.height})")
     return 0
+
+
+def _library_embedding(lib, spec: str):
+    """A usable library embedding by name or path, or a CliError saying why not."""
+    from embeddings.embedding import EmbeddingError
+
+    try:
+        entry = lib.resolve(spec)
+        emb = entry.require_embedding()
+    except EmbeddingError as e:
+        raise CliError(f"--style-mix {spec}: {e}") from None
+    if not entry.ok:
+        raise CliError(f"--style-mix {spec}: not usable with this model ({entry.reason})")
+    return emb
+
+
+def _parse_splits(text: str) -> list[int] | None:
+    if not (text or "").strip():
+        return None
+    try:
+        splits = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise CliError(f"--splits {text!r}: write whole numbers separated by commas, e.g. 0,2,4") from None
+    if any(s < 0 for s in splits):
+        raise CliError(f"--splits {text!r}: split points are layer counts, 0 or more")
+    return splits
+
+
+def _side_by_side(images):
+    from PIL import Image
+
+    row = Image.new("RGB", (sum(im.width for im in images), max(im.height for im in images)))
+    x = 0
+    for im in images:
+        row.paste(im, (x, 0))
+        x += im.width
+    return row

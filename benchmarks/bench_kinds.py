@@ -1,0 +1,122 @@
+"""Training step time and memory of each embedding kind, beside standard TI, through the real trainer.
+
+    python benchmarks/bench_kinds.py [--steps 8] [--resolution 0] [--batch 1] [--only tiny|sd15]
+
+Each (model, kind) runs in a fresh subprocess (so no run inherits another's peak memory) with
+the same settings; "x std" is the kind's step time over the standard kind's on that model. The
+per-layer kind's extra cost is its text-encoder pass over groups x batch rows (one batched
+pass) and the longer context the routing processors cut up; the UNet's work is the same.
+Models and memory columns as in bench_train.py (random weights; 512 px on a GPU, 128 px on CPU
+for the SD 1.5-shaped model, 64 px for tiny). A script that prints a table, never a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_train import _peak_rss_kib, _reset_peak_rss, _status_kib, sd15_model  # noqa: E402
+
+KIND_RUNS = {  # label -> (kind, creation options, extra training settings)
+    "standard": ("standard", {}, {}),
+    "per-layer": ("per-layer", {"grouping": "block"}, {}),
+    "per-layer+density": ("per-layer", {"grouping": "block"}, {"density_weight": 0.001}),
+}
+
+
+def step_time(model, data, plan, resolution: int, batch: int, steps: int, label: str) -> float:
+    from train_fixtures import make_dataset
+
+    from embeddings.create import create_embedding
+    from embeddings.formats import save_embedding
+    from embeddings.kinds import get_kind
+    from jobs.registry import Job
+    from training.config import TrainConfig
+    from training.trainer import train
+
+    kind, options, extra = KIND_RUNS[label]
+    emb = get_kind(kind).make(create_embedding(model, "flatcol", "colour", 2), model.unet, **options)
+    save_embedding(emb, data.embeddings / "flatcol.safetensors")
+    ds = make_dataset(Path(tempfile.mkdtemp()) / "ds", n=max(4, batch), size=resolution)
+    cfg = TrainConfig(embedding="flatcol", dataset=str(ds), model=model.name, resolution=resolution,
+                      bucket_step=8, min_bucket=8, max_bucket=4096, lr="0.005", max_steps=steps + 2,
+                      batch_size=batch, save_every=0, preview_every=0, not_learning_steps=0, template="subject",
+                      **extra)
+    job = Job(id="bench", kind="train", title="bench")
+    train(cfg, model, data, job, plan=plan)
+    stamps = [e.time for e in job.events("loss")][2:]  # skip warm-up steps
+    gaps = sorted(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+    return gaps[len(gaps) // 2]
+
+
+def worker(which: str, label: str, args) -> dict:
+    from models.load import load_base_model
+    from training.device import choose_device
+    from workspace.datadir import DataDir
+
+    plan = choose_device(args.precision)
+    data = DataDir.at(args.data_dir).ensure()
+    model = load_base_model("tiny", data) if which == "tiny" else sd15_model(data)
+    res = args.resolution or (64 if which == "tiny" else (512 if plan.device.type == "cuda" else 128))
+    for m in (*model.text_encoders, model.unet):
+        m.to(device=plan.device, dtype=plan.weight_dtype)
+    cuda = plan.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    loaded_kib = _status_kib("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _reset_peak_rss()
+    step_s = step_time(model, data, plan, res, args.batch, args.steps, label)
+    peak_kib = _peak_rss_kib()
+    mem = torch.cuda.max_memory_allocated() / 2**20 if cuda else max(0, peak_kib - loaded_kib) / 1024
+    return {"res": res, "device": plan.label, "step_s": step_s, "mem_mib": mem}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--resolution", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--only", choices=["tiny", "sd15"], default=None)
+    ap.add_argument("--kinds", default=",".join(KIND_RUNS), help="comma-separated labels of KIND_RUNS")
+    ap.add_argument("--worker", nargs=2, metavar=("MODEL", "KIND"), help=argparse.SUPPRESS)
+    ap.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args)))
+        return
+    data_dir = tempfile.mkdtemp(prefix="bench-kinds-")
+    print(f"{'model':6} {'res':>5} {'batch':>5} {'kind':18} {'device':22} {'s/step':>8} {'it/s':>7} "
+          f"{'MiB':>7} {'x std':>6}")
+    for which in ("tiny", "sd15"):
+        if args.only and which != args.only:
+            continue
+        base = None
+        for label in args.kinds.split(","):
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", which, label, "--data-dir", data_dir,
+                   "--steps", str(args.steps), "--resolution", str(args.resolution), "--batch", str(args.batch),
+                   "--precision", args.precision]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"{which}/{label} failed:\n{done.stderr[-3000:]}")
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            base = base or r["step_s"]
+            print(f"{which:6} {r['res']:5d} {args.batch:5d} {label:18} {r['device']:22} {r['step_s']:8.3f} "
+                  f"{1 / r['step_s']:7.2f} {r['mem_mib']:7.0f} {r['step_s'] / base:6.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
