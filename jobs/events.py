@@ -92,6 +92,18 @@ class Eval:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """CLIP scores of the embedding at a step (training.scores): likeness to the training images
+    and editability. `untrained`: the run's starting embedding, the baseline of the best-step rule."""
+
+    kind: ClassVar[str] = "scores"
+    step: int
+    likeness: float
+    editability: float
+    untrained: bool | None = None
+
+
+@dataclass(frozen=True)
 class Preview:
     """A preview image written to `path`, rendered from `prompt` with `seed`."""
 
@@ -176,9 +188,10 @@ class Unknown:
         return dict(self.data)
 
 
-JobEvent = Progress | Loss | Norms | Eval | Preview | Files | Message | Warning | State | Result | Error | Unknown
-KINDS: dict[str, type] = {c.kind: c for c in (Progress, Loss, Norms, Eval, Preview, Files, Message, Warning, State,
-                                               Result, Error)}
+JobEvent = (Progress | Loss | Norms | Eval | Scores | Preview | Files | Message | Warning | State | Result | Error
+            | Unknown)
+KINDS: dict[str, type] = {c.kind: c for c in (Progress, Loss, Norms, Eval, Scores, Preview, Files, Message, Warning,
+                                               State, Result, Error)}
 
 
 def to_data(event: JobEvent) -> dict[str, Any]:

@@ -49,6 +49,7 @@ class JobView:
     losses: list[ev.Loss] = field(default_factory=list)
     norms: list[ev.Norms] = field(default_factory=list)
     evals: list[ev.Eval] = field(default_factory=list)
+    scores: list[ev.Scores] = field(default_factory=list)  # CLIP scores by step; the untrained one first
     previews: list[ev.Preview] = field(default_factory=list)
     files: list[ev.Files] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)  # messages, warnings and errors, oldest first
@@ -153,6 +154,12 @@ class JobView:
             "eval": [(e.step, e.loss) for e in self.evals],
         }
 
+    def score_series(self) -> dict[str, list[tuple[int, float]]]:
+        """CLIP score series ("likeness", "editability"): (absolute step, value) points, the
+        untrained embedding's first."""
+        return {"likeness": [(e.step, e.likeness) for e in self.scores],
+                "editability": [(e.step, e.editability) for e in self.scores]}
+
     def norm_series(self) -> dict[str, list[tuple[int, float]]]:
         """One series per learned vector: "v0", "v1"... for one text encoder, "clip_l[0]",
         "clip_g[0]"... when there are several."""
@@ -188,11 +195,17 @@ def _apply(view: JobView, e: JobEvent) -> None:
             view.losses = _by_step(view.losses, e)
             view.norms = _before(view.norms, e.step)  # those of the run that was cut short
             view.evals = _before(view.evals, e.step)
+            view.scores = [s for s in view.scores if s.untrained or s.step < e.step]
             view.previews = _before(view.previews, e.step)
         case ev.Norms():
             view.norms = _by_step(view.norms, e)
         case ev.Eval():
             view.evals = _by_step(view.evals, e)
+        case ev.Scores():
+            # the untrained baseline is kept apart from the trained steps (it may share step 0)
+            same = [s for s in view.scores if bool(s.untrained) == bool(e.untrained)]
+            others = [s for s in view.scores if bool(s.untrained) != bool(e.untrained)]
+            view.scores = sorted([*others, *_by_step(same, e)], key=lambda s: (not s.untrained, s.step))
         case ev.Preview():
             view.previews.append(e)
         case ev.Files():

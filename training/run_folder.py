@@ -12,10 +12,13 @@ data/runs/<run_name or <embedding>-YYYYmmdd-HHMMSS>/
   previews/            <name>-<step>-<seed>.png with the generation parameters as a text chunk
   final/               <name>.<fmt> for every snapshot format
   eval.csv             step, eval_loss (when eval_every > 0)
+  scores.csv           step, likeness, editability, untrained (CLIP scores: training.scores)
+  scores/              one cached score per scored embedding and score settings
+  grids/               labelled snapshot × seed / prompt grids (training.grid)
   tensorboard/         scalars (when tensorboard is on)
 ```
 
-Every file is written atomically except the append-only logs (loss.csv, eval.csv, events.jsonl),
+Every file is written atomically except the append-only logs (loss.csv, eval.csv, scores.csv, events.jsonl),
 whose readers skip a torn last line: a kill -9 at any moment leaves every file loadable. A row
 that a full disk refuses is cut back off the CSV logs (whole rows only) and raises SaveError.
 """
@@ -38,6 +41,7 @@ from workspace.atomic import SaveError, atomic_write_text
 SETTINGS = "settings.json"
 LOSS_CSV = "loss.csv"
 EVAL_CSV = "eval.csv"
+SCORES_CSV = "scores.csv"
 EVENTS = "events.jsonl"
 BUNDLE = "resume.pt"
 
@@ -62,6 +66,18 @@ class RunFolder:
     @property
     def eval_csv(self) -> Path:
         return self.path / EVAL_CSV
+
+    @property
+    def scores_csv(self) -> Path:
+        return self.path / SCORES_CSV
+
+    @property
+    def score_cache(self) -> Path:
+        return self.path / "scores"
+
+    @property
+    def grids(self) -> Path:
+        return self.path / "grids"
 
     @property
     def events_path(self) -> Path:
@@ -126,6 +142,16 @@ class RunFolder:
     def append_eval(self, step: int, loss: float) -> None:
         _append_csv_row(self.eval_csv, {"step": step, "eval_loss": loss})
 
+    def append_scores(self, row: dict[str, Any]) -> None:
+        _append_csv_row(self.scores_csv, row)
+
+    def read_scores(self) -> list[dict[str, float]]:
+        return read_csv_rows(self.scores_csv)
+
+    def write_scores(self, rows: list[dict[str, Any]]) -> Path:
+        """Replace scores.csv with `rows` (an evaluation of the whole run), atomically."""
+        return atomic_write_text(self.scores_csv, _csv_text(rows))
+
     def read_loss(self) -> list[dict[str, float]]:
         return read_csv_rows(self.loss_csv)
 
@@ -135,19 +161,14 @@ class RunFolder:
     def truncate_logs_after(self, step: int) -> None:
         """On resume from step S, drop log rows written after the bundle (steps > S) so the
         history reads as one continuous run. Rewritten atomically."""
-        for path in (self.loss_csv, self.eval_csv):
+        for path in (self.loss_csv, self.eval_csv, self.scores_csv):
             rows = read_csv_rows(path)
             if not rows:
                 continue
             keep = [r for r in rows if r["step"] <= step]
             if len(keep) == len(rows) and _ends_cleanly(path):
                 continue
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()), lineterminator="\n")
-            writer.writeheader()
-            for r in keep:
-                writer.writerow({k: _fmt(v) for k, v in r.items()})
-            atomic_write_text(path, buf.getvalue())
+            atomic_write_text(path, _csv_text(keep, list(rows[0].keys())))
 
     def read_events(self) -> list[dict[str, Any]]:
         out = []
@@ -244,6 +265,18 @@ def _append_csv_row(path: Path, row: dict[str, Any]) -> None:
             raise SaveError.from_os_error(path, e) from e
     finally:
         os.close(fd)
+
+
+def _csv_text(rows: list[dict[str, Any]], fields: list[str] | None = None) -> str:
+    fields = fields or (list(rows[0].keys()) if rows else [])
+    if not fields:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _fmt(v) for k, v in r.items()})
+    return buf.getvalue()
 
 
 def _ends_cleanly(path: Path) -> bool:

@@ -27,7 +27,8 @@ written, the job fails naming it and the embeddings folder is left unchanged.
 
 The job's result (also the return value) is a dict: run_dir, embedding (the final file in the
 embeddings folder), files {format: path} in the run's final/ folder, step, steps_done, stopped
-("finished", "schedule ended", "interrupted", "nothing to do") and fresh_optimizer.
+("finished", "schedule ended", "interrupted", "auto-stopped", "nothing to do"; `reason` says why
+for the last two) and fresh_optimizer.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from training.outputs import save_final, save_snapshot, save_to_library, snapsho
 from training.previews import PreviewSpec, preview_specs, render_preview
 from training.run_folder import RunFolder
 from training.schedule import Schedule
+from training.scores import auto_stop_due, score_live
 from training.templates import load_template
 from training.vector_shuffle import shuffle_order
 from workspace.atomic import SaveError, atomic_write_with, remove_stale_temps
@@ -164,6 +166,8 @@ class RunState:
     preview_rounds: int = 0
     unwritable_logs: set[Path] = field(default_factory=set)
     rank_rng: list[dict[str, Any]] = field(default_factory=list)  # every process's generators (main only)
+    scoring: Any = None  # training.scores.LiveScoring, built at the first CLIP score step
+    auto_stop: str = ""  # why the run stops early (auto-stop); "" while it goes on
     routing: Any = None  # the kind's layer routing on the UNet (embeddings.kinds.Routing), or None
 
     @property
@@ -314,6 +318,9 @@ def train(
                 st.gather_rng()
             if st.main:
                 bookkeeping(st, outcome)
+            if st.auto_stop:
+                stopped = "auto-stopped"
+                break
             if job.stop_requested:
                 stopped = "interrupted"
                 break
@@ -640,6 +647,10 @@ def bookkeeping(st: RunState, outcome: Outcome) -> None:
                     f"(relative); raise the learning rate or check that prompts contain {st.emb.name!r}")
     if st.evaluator is not None and step % config.eval_every == 0:
         st.evaluate()
+    if config.score_every and step % config.score_every == 0:
+        score_live(st)
+    if config.auto_stop != "off":
+        st.auto_stop = auto_stop_due(st)
     if st.save_due():
         st.save_state()
     if config.preview_every and step % config.preview_every == 0:
@@ -663,6 +674,11 @@ def finish(st: RunState, stopped: str) -> TrainResult:
         st.write_previews(final)
     if config.eval_every and st.evaluator is not None and step % config.eval_every != 0:
         st.evaluate()
+    if config.score_every and step % config.score_every != 0 and stopped != "interrupted":
+        score_live(st)
+    if st.auto_stop:
+        result.reason = st.auto_stop
+        st.say(f"auto-stopped at step {step}: {st.auto_stop}; resume to train on")
     try:
         result.files = save_final(final, st.run, config.snapshot_formats)
         result.embedding = str(save_to_library(final, st.source, st.data_dir))
