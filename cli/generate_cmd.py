@@ -123,15 +123,13 @@ def _library_embedding(lib, spec: str):
 
 
 def _parse_splits(text: str) -> list[int] | None:
-    if not (text or "").strip():
-        return None
+    from embeddings.embedding import EmbeddingError
+    from embeddings.prompt import parse_splits
+
     try:
-        splits = [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise CliError(f"--splits {text!r}: write whole numbers separated by commas, e.g. 0,2,4") from None
-    if any(s < 0 for s in splits):
-        raise CliError(f"--splits {text!r}: split points are layer counts, 0 or more")
-    return splits
+        return parse_splits(text)
+    except EmbeddingError as e:
+        raise CliError(f"--splits: {e}") from None
 
 
 def _side_by_side(images):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from embeddings.embedding import Embedding
+from embeddings.embedding import Embedding, EmbeddingError
 from embeddings.kinds import LayerLayout, coarse_mask, conditioning_layout, kind_of, layer_layout, routed, style_mix
 from embeddings.names import NameMatcher, tokenize_plain
 
@@ -306,6 +306,19 @@ def default_splits(layers: int, count: int = 5) -> list[int]:
     """`count` split points from "inner embedding on every layer" (0) to "outer on every layer"."""
     top = (layers + 1) // 2
     return sorted({round(i * top / max(1, count - 1)) for i in range(count)})
+
+
+def parse_splits(text: str) -> list[int] | None:
+    """'0, 2,4' -> [0, 2, 4]; '' -> None (the default splits). EmbeddingError for anything else."""
+    if not (text or "").strip():
+        return None
+    try:
+        splits = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise EmbeddingError(f"split points {text!r}: write whole numbers separated by commas, e.g. 0,2,4") from None
+    if any(s < 0 for s in splits):
+        raise EmbeddingError(f"split points {text!r}: they count layers, 0 or more")
+    return splits
 
 
 def generate_style_mix(model, prompt: str, inner: Embedding, outer: Embedding,

@@ -14,6 +14,7 @@ import gradio as gr
 from embeddings.create import create_embedding, plan_embedding
 from embeddings.embedding import EmbeddingError
 from embeddings.formats import save_embedding
+from embeddings.kinds import KINDS, get_kind
 from ui.common import fail, user_errors
 from ui.state import AppContext
 
@@ -62,22 +63,29 @@ def describe_plan(ctx: AppContext, model_spec: str, name: str, init_text: str, v
 
 
 def create(ctx: AppContext, model_spec: str, name: str, init_text: str, vectors: float, mode: str,
-           fmt: str, overwrite: bool) -> tuple[str, str]:
+           fmt: str, overwrite: bool, kind: str = "standard", options: dict[str, str] | None = None) -> tuple[str, str]:
     name = (name or "").strip()
     if not name:
         raise fail("Give the embedding a name first")
+    chosen = get_kind(kind or "standard")
+    if chosen.name != "standard" and fmt != "safetensors":
+        raise fail(f"A {chosen.label} embedding is kept whole only in .safetensors; choose safetensors "
+                   "(export to .pt later for other tools)")
     plan_embedding(ctx.tokenizer(), name, init_text, int(vectors), mode)  # type: ignore[arg-type]  # fail fast
     existing = ctx.existing_embedding(name)
     if existing is not None and not overwrite:
         raise fail(f"{existing.name} already exists in the library; tick Overwrite to replace it")
     model = ctx.model(model_spec)
     emb = create_embedding(model, name, init_text, int(vectors), mode)  # type: ignore[arg-type]
+    emb = chosen.make(emb, model.unet, **{o.name: (options or {}).get(o.name, o.default) for o in chosen.options})
     target = ctx.data.embeddings / f"{name}.{fmt or 'safetensors'}"
     path = save_embedding(emb, target)
     if existing is not None and existing != path:
         existing.unlink(missing_ok=True)  # replaced by the new file in another format
     widths = ", ".join(f"{key} {width}" for key, width in emb.widths.items())
-    msg = (f"Created **{emb.name}** ({emb.num_vectors} vector(s), width {widths}) on {model.label}: "
+    groups = len(chosen.describe(emb).get("groups", []))
+    what = f"{chosen.label}, {groups} layer groups, " if groups else ""
+    msg = (f"Created **{emb.name}** ({what}{emb.num_vectors} vector(s), width {widths}) on {model.label}: "
            f"`{path.name}`. Train it in the Train tab.")
     return msg, emb.name
 
@@ -95,6 +103,11 @@ def build(ctx: AppContext) -> CreateTab:
                 mode = gr.Radio([("From init text", "text"), ("Zeros", "zeros"), ("Random", "random")],
                                 value="text", label="Initial vectors", elem_id="create_mode")
                 fmt = gr.Radio(["safetensors", "pt"], value="safetensors", label="File format", elem_id="create_fmt")
+            kind = gr.Radio([(k.label, k.name) for k in KINDS.values()], value="standard", label="Kind",
+                            info=" · ".join(f"{k.label}: {k.summary}" for k in KINDS.values()), elem_id="create_kind")
+            kind_options = {o.name: gr.Dropdown(list(o.choices), value=o.default, label=o.label, info=o.help,
+                                                visible=False, elem_id=f"create_{o.name}")
+                            for k in KINDS.values() for o in k.options}
             overwrite = gr.Checkbox(False, label="Overwrite an existing embedding with this name",
                                     elem_id="create_overwrite")
             btn = gr.Button("Create embedding", variant="primary", elem_id="create_btn")
@@ -114,10 +127,16 @@ def build(ctx: AppContext) -> CreateTab:
           trigger_mode="always_last")
 
     @user_errors("Create")
-    def create_fn(m: str, n: str, t: str, v: float, md: str, f: str, ow: bool) -> tuple[str, str, str]:
-        msg, created_name = create(ctx, m, n, t, v, md, f, ow)
+    def create_fn(m: str, n: str, t: str, v: float, md: str, f: str, ow: bool, k: str, *opts: str
+                  ) -> tuple[str, str, str]:
+        msg, created_name = create(ctx, m, n, t, v, md, f, ow, k, dict(zip(kind_options, opts, strict=True)))
         return msg, created_name, describe_plan(ctx, m, n, t, v, md)
 
-    btn.click(create_fn, [*inputs, fmt, overwrite], [result, created, plan], api_name="create_embedding",
-              concurrency_id="model", concurrency_limit=1)
+    def kind_fn(k: str) -> list:
+        own = {o.name for o in get_kind(k).options}
+        return [gr.Dropdown(visible=name in own) for name in kind_options]
+
+    kind.change(kind_fn, kind, list(kind_options.values()), show_progress="hidden")
+    btn.click(create_fn, [*inputs, fmt, overwrite, kind, *kind_options.values()], [result, created, plan],
+              api_name="create_embedding", concurrency_id="model", concurrency_limit=1)
     return CreateTab(model=model, result=result, created=created)

@@ -18,13 +18,14 @@ import pandas as pd
 from embeddings.embedding import EmbeddingError
 from embeddings.families import fitting_models
 from embeddings.formats import EMBEDDING_SUFFIXES, export_name, save_embedding
+from embeddings.kinds import kind_of
 from embeddings.library import LibraryEntry
 from ui.common import Refresh, fail, user_errors
 from ui.state import AppContext
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["name", "vectors", "fits", "step", "base model", "file", "status", "why skipped"]
+COLUMNS = ["name", "vectors", "fits", "step", "base model", "file", "status", "why skipped", "kind"]
 EXPORT_FORMATS = [
     ("safetensors (A1111 / ComfyUI / diffusers)", "safetensors"),
     (".pt (A1111 classic)", "pt"),
@@ -36,6 +37,7 @@ EXPORT_FORMATS = [
 @dataclass
 class Row:
     name: str
+    kind: str  # "standard", or e.g. "per-layer (16)" with its layer-group count
     vectors: int | None
     fits: str
     step: int | None
@@ -45,7 +47,8 @@ class Row:
     reason: str
 
     def as_list(self) -> list[Any]:
-        return [self.name, self.vectors, self.fits, self.step, self.base_model, self.file, self.status, self.reason]
+        return [self.name, self.vectors, self.fits, self.step, self.base_model, self.file, self.status, self.reason,
+                self.kind]
 
 
 def library_rows(ctx: AppContext) -> list[Row]:
@@ -55,6 +58,7 @@ def library_rows(ctx: AppContext) -> list[Row]:
         meta = e.metadata or {}
         rows.append(Row(
             name=e.name,
+            kind=e.kind + (f" ({e.layer_groups})" if e.layer_groups else ""),
             vectors=e.num_vectors,
             fits=fits_text(e),
             step=e.step,
@@ -119,11 +123,24 @@ def inspect(ctx: AppContext, name: str) -> tuple[pd.DataFrame, str, dict[str, An
         f"### {emb.name}",
         f"- file: `{path.name}`",
         f"- vectors: {emb.num_vectors} · widths: {widths} · fits: {fits_text(entry)} · step: {emb.step}",
+        *_kind_lines(emb),
         f"- finite: {'yes' if emb.is_finite() else '**NO (NaN/inf values)**'}",
         "```json\n" + json.dumps(meta, indent=2, default=str, ensure_ascii=False)[:4000] + "\n```",
     ])
     settings = emb.metadata.get("settings") or {}
     return df, md, settings if isinstance(settings, dict) else {"settings": settings}
+
+
+def _kind_lines(emb) -> list[str]:
+    """The kind in words, from the kind itself (a standard embedding adds nothing)."""
+    kind = kind_of(emb)
+    details = kind.describe(emb)
+    if "groups" not in details:
+        return []
+    std = details.get("standard_part", "mean")
+    return [f"- kind: **{kind.label}**: {len(details['groups'])} {details.get('grouping', '')} group(s); "
+            f"other tools get the standard part ({'the mean over groups' if std == 'mean' else std}); "
+            ".pt / diffusers exports hold only that part"]
 
 
 def export(ctx: AppContext, name: str, fmt: str) -> str:
@@ -237,7 +254,12 @@ def build(ctx: AppContext) -> Refresh:
 
     @user_errors("Export")
     def export_fn(name, f):
-        return export(ctx, name, f)
+        path = export(ctx, name, f)
+        emb, _ = _embedding(ctx, name)
+        note = kind_of(emb).export_note(emb, f)
+        if note:
+            gr.Info(f"{emb.name}: {note}")  # e.g. a per-layer embedding exported to .pt keeps its standard part
+        return path
 
     export_btn.click(export_fn, [pick, fmt], download, api_name="export")
 

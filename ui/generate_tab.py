@@ -13,7 +13,8 @@ from typing import Any
 
 import gradio as gr
 
-from embeddings.prompt import PromptEncoder, generate
+from embeddings.embedding import EmbeddingError
+from embeddings.prompt import PromptEncoder, generate, generate_style_mix, parse_splits
 from ui.common import Refresh, fail, user_errors
 from ui.create_tab import model_dropdown, refresh_models
 from ui.state import AppContext
@@ -57,6 +58,35 @@ def generate_images(ctx: AppContext, model_spec: str, prompt: str, negative: str
     return GenerateResult(images, "\n\n".join(info))
 
 
+def style_mix_images(ctx: AppContext, model_spec: str, prompt: str, negative: str, seed: float, steps: float,
+                     cfg: float, width: float, height: float, inner: str, outer: str, splits: str) -> GenerateResult:
+    """A row of images across split points: `inner` (named in the prompt) on the coarse layers,
+    `outer` on the outer N cross-attention layers at each end (embeddings.prompt.generate_style_mix)."""
+    model = ctx.model(model_spec)
+    embs, _skipped = ctx.usable_embeddings(model)
+    by_name = {e.name.casefold(): e for e in embs}
+    picked = []
+    for label, name in (("inner", inner), ("outer", outer)):
+        emb = by_name.get((name or "").strip().casefold())
+        if emb is None:
+            raise fail(f"Style mixing: pick a usable embedding for the {label} layers (got {name!r})")
+        picked.append(emb)
+    a, b = picked
+    if a.name not in PromptEncoder.for_embeddings(model, embs).tokenize([prompt or ""]).used:
+        raise fail(f"Style mixing: put {a.name} in the prompt; the mix is spliced where it stands")
+    try:
+        points = parse_splits(splits)
+    except EmbeddingError as e:
+        raise fail(str(e)) from None
+    s = int(seed) if int(seed) >= 0 else random.randrange(2**31)
+    row = generate_style_mix(model, prompt, a, b, embs, points, negative_prompt=negative or "", seed=s,
+                             steps=int(steps), cfg=float(cfg), width=_size(model, width), height=_size(model, height))
+    images = [(img, f"{b.name} on the outer {k} layer(s) at each end" if k else f"{a.name} only") for k, img in row]
+    info = (f"**Style mixing** on {model.label}: **{a.name}** on the coarse (inner) cross-attention layers, "
+            f"**{b.name}** on the outer N at each end; N = {', '.join(str(k) for k, _ in row)} (seed {s}).")
+    return GenerateResult(images, info)
+
+
 def _size(model: Any, value: float) -> int | None:
     v = int(value or 0)
     if v <= 0:
@@ -82,6 +112,17 @@ def build(ctx: AppContext) -> Refresh:
                 height = gr.Number(value=0, precision=0, label="Height (0 = model default)", elem_id="gen_height")
                 count = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images", elem_id="gen_count")
             btn = gr.Button("Generate", variant="primary", elem_id="gen_btn")
+            with gr.Accordion("Style mixing (per-layer embeddings)", open=False):
+                gr.Markdown("One embedding on the coarse layers (shape, layout: e.g. an object) and another on the "
+                            "fine outer layers (colour, texture: e.g. a style), as a row of images from the first "
+                            "alone to the second taking over. Put the first one's name in the prompt.")
+                with gr.Row():
+                    mix_inner = gr.Textbox(label="Inner layers (object)", elem_id="gen_mix_inner")
+                    mix_outer = gr.Textbox(label="Outer layers (style)", elem_id="gen_mix_outer")
+                    mix_splits = gr.Textbox(label="Split points", placeholder="empty = 5 points",
+                                            info="outer layers at each end taken by the style, e.g. 0,2,4,6,8",
+                                            elem_id="gen_mix_splits")
+                mix_btn = gr.Button("Generate style-mix row", elem_id="gen_mix_btn")
             names = gr.Markdown(elem_id="gen_names")
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Images", columns=2, height="auto", elem_id="gen_gallery")
@@ -94,6 +135,14 @@ def build(ctx: AppContext) -> Refresh:
 
     btn.click(generate_fn, [model, prompt, negative, seed, steps, cfg, width, height, count], [gallery, info],
               api_name="generate", concurrency_id="model", concurrency_limit=1)
+
+    @user_errors("Style mixing")
+    def mix_fn(m, p, n, s, st, c, w, h, a, b, sp):
+        res = style_mix_images(ctx, m, p, n, s, st, c, w, h, a, b, sp)
+        return res.images, res.info
+
+    mix_btn.click(mix_fn, [model, prompt, negative, seed, steps, cfg, width, height, mix_inner, mix_outer, mix_splits],
+                  [gallery, info], api_name="generate_style_mix", concurrency_id="model", concurrency_limit=1)
 
     def refresh(m):
         return refresh_models(ctx, m), library_names(ctx, m)
