@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "cli.preprocess_cmd",
     "cli.train_cmd",
     "cli.generate_cmd",
+    "cli.evaluate_cmds",
 ]
 
 

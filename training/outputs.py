@@ -52,6 +52,28 @@ def save_snapshot(emb: Embedding, run: RunFolder, formats: list[str], step: int,
     return saved
 
 
+def snapshot_steps(run: RunFolder) -> list[int]:
+    """The steps the run has a snapshot of (any format), in order."""
+    steps = set()
+    for p in [*run.snapshot_files(), *run.image_embeddings.glob("*.png")]:
+        tail = p.name.split(".")[0].rsplit("-", 1)[-1]
+        if len(tail) == SNAPSHOT_DIGITS and tail.isdigit():
+            steps.add(int(tail))
+    return sorted(steps)
+
+
+def find_snapshot(run: RunFolder, step: int) -> Path:
+    """The snapshot file of `step` (.safetensors first, then .pt, then the PNG embedding);
+    TrainingError naming the steps there are when there is none."""
+    for p in sorted(run.snapshot_files(), key=lambda p: (p.suffix != ".safetensors", p.suffix != ".pt", p.name)):
+        if p.name.split(".")[0].endswith(f"-{step:0{SNAPSHOT_DIGITS}d}"):
+            return p
+    for p in sorted(run.image_embeddings.glob(f"*-{step:0{SNAPSHOT_DIGITS}d}.png")):
+        return p
+    have = ", ".join(str(s) for s in snapshot_steps(run)) or "none"
+    raise TrainingError(f"{run.name}: no snapshot at step {step} (snapshots at: {have})")
+
+
 def save_final(emb: Embedding, run: RunFolder, formats: list[str]) -> dict[str, str]:
     """One file per format in the run's `final/`, named like the embedding."""
     return {fmt: str(save_embedding(emb, run.final / f"{emb.name}.{fmt}", fmt=fmt)) for fmt in formats}

@@ -214,6 +214,16 @@ def list_runs(runs_dir: Path) -> list[RunFolder]:
     return sorted(found, key=lambda r: r.settings_path.stat().st_mtime, reverse=True)
 
 
+def find_run(spec: str | Path, runs_dir: Path) -> RunFolder:
+    """The run folder `spec` means: a folder path, else a run name under `runs_dir`.
+    FileNotFoundError naming both places when neither holds a settings.json."""
+    given = Path(str(spec).strip()).expanduser()
+    for folder in (given, Path(runs_dir) / given):
+        if (folder / SETTINGS).is_file():
+            return RunFolder(folder)
+    raise FileNotFoundError(f"run {str(spec)!r}: no run folder (with {SETTINGS}) there nor in {runs_dir}")
+
+
 def read_csv_rows(path: Path) -> list[dict[str, float]]:
     """Rows as floats; a torn or malformed line (a kill mid-append) is skipped, never fatal."""
     if not Path(path).is_file():

@@ -348,7 +348,7 @@ def evaluate_run(run: RunFolder, data_dir: DataDir, job: Job | None = None, *,
     init_text = next((str(e.metadata.get("init_text", "")) for e, u in todo if u), "") or \
         str(todo[0][0].metadata.get("init_text", ""))
     settings = ScoreSettings.from_config(config, init_text)
-    _place(model, plan)
+    place_model(model, plan)
     scorer = Scorer(model, clip, settings, reference_images(config, data_dir), device=plan.device,
                     dtype=plan.weight_dtype, cache=run.score_cache)
     job.message(f"evaluating {len(todo)} embedding(s) of {run.name} with {clip.name}: "
@@ -373,10 +373,13 @@ def evaluate_run(run: RunFolder, data_dir: DataDir, job: Job | None = None, *,
     return result
 
 
-def _place(model, plan) -> None:
-    """The base model's parts on the device that generates (a fresh model loads on the CPU)."""
+def place_model(model, plan) -> None:
+    """The base model's UNet and text encoders on the device that generates, in its weight dtype
+    (a fresh model loads on the CPU; the VAE comes over per image: previews.preview_image)."""
     for module in (model.unet, *model.text_encoders):
-        module.to(plan.device)
+        param = next(module.parameters())
+        if param.device != plan.device or param.dtype != plan.weight_dtype:
+            module.to(device=plan.device, dtype=plan.weight_dtype)
 
 
 def _merge_csv(run: RunFolder, new: list[Scores]) -> None:
