@@ -51,9 +51,12 @@ def bandwidth(table: torch.Tensor) -> float:
     """Median nearest-neighbour distance over a fixed sample of rows (never 0)."""
     gen = torch.Generator().manual_seed(0)
     rows = table[torch.randperm(table.shape[0], generator=gen)[:SAMPLE_ROWS].to(table.device)]
-    d = torch.cdist(rows, table)
-    d[d == 0] = float("inf")  # the row itself (and exact duplicates)
-    nearest = d.min(dim=1).values
+    parts = []
+    for chunk in rows.split(256):  # 256 x vocabulary distances at a time: tens of MiB, not hundreds
+        d = torch.cdist(chunk, table)
+        d[d == 0] = float("inf")  # the row itself (and exact duplicates)
+        parts.append(d.min(dim=1).values)
+    nearest = torch.cat(parts)
     nearest = nearest[torch.isfinite(nearest)]
     h = float(nearest.median()) if nearest.numel() else 1.0
     return h if h > 0 else 1.0
