@@ -1,4 +1,4 @@
-"""The Gradio app shell: one page, five tabs, launched on localhost with private settings.
+"""The Gradio app shell: one page, six tabs, launched on localhost with private settings.
 
 Launch settings are the security boundary of a local tool: bind to 127.0.0.1 unless asked, demand a
 password before binding to the network, turn off run history / monitoring / analytics, and serve
@@ -110,7 +110,7 @@ def build(data: DataDir, *, model: str | None = None, ctx=None):
 
 
 def _add_tabs(gr, ctx, demo) -> None:
-    from ui import create_tab, embeddings_tab, generate_tab, preprocess_tab, train_tab
+    from ui import create_tab, embeddings_tab, evaluate_tab, generate_tab, preprocess_tab, train_tab
 
     with gr.Tab("Create", id="create") as t_create:
         create = create_tab.build(ctx)
@@ -118,6 +118,8 @@ def _add_tabs(gr, ctx, demo) -> None:
         pre = preprocess_tab.build(ctx)
     with gr.Tab("Train", id="train") as t_train:
         train = train_tab.build(ctx, demo)
+    with gr.Tab("Evaluate", id="evaluate") as t_eval:
+        evaluate = evaluate_tab.build(ctx)
     with gr.Tab("Embeddings", id="embeddings") as t_emb:
         emb = embeddings_tab.build(ctx)
     with gr.Tab("Generate", id="generate") as t_gen:
@@ -139,6 +141,8 @@ def _add_tabs(gr, ctx, demo) -> None:
         tab.select(lambda: gr.Timer(active=False), None, timer, api_visibility="private", show_progress="hidden")
     t_emb.select(emb.refresh_fn, emb.refresh_inputs, emb.refresh_outputs, api_visibility="private",
                  show_progress="hidden")
+    t_eval.select(evaluate.refresh.fn, evaluate.refresh.inputs, evaluate.refresh.outputs, api_visibility="private",
+                  show_progress="hidden")
     t_gen.select(gen.refresh_fn, gen.refresh_inputs, gen.refresh_outputs, api_visibility="private",
                  show_progress="hidden")
     create.created.change(emb.refresh_fn, emb.refresh_inputs, emb.refresh_outputs, api_visibility="private",
