@@ -229,10 +229,14 @@ def _build(info: ClipInfo, device: torch.device) -> ClipModel:
 
     try:
         if info.kind == "toy":
+            from models.toy import load_toy_clip
             from models.toy.clip import MEAN, STD
             from models.toy.clip import load_clip as load_toy
+            from models.toy.weights import MANIFEST
 
-            model, tokenizer = load_toy(Path(info.path))
+            # hash-checked once the build wrote its manifest; a build in progress has the file only
+            folder = Path(info.path).parent
+            model, tokenizer = load_toy_clip(folder) if (folder / MANIFEST).is_file() else load_toy(Path(info.path))
             size = model.visual.image_size
             preprocess = open_clip.image_transform(size, is_train=False, mean=MEAN, std=STD)
         elif info.kind == "file":

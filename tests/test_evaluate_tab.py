@@ -8,15 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_scores import SCORE_SETTINGS, make_random_clip
 
 from models.clip import clip_folder
-from tests.test_scores import SCORE_SETTINGS, make_random_clip
 from training.run_folder import RunFolder
 from training.trainer import train
 from ui import evaluate_tab as tab
 from ui.state import AppContext
 
-pytest_plugins = ["tests.train_fixtures"]
+pytest_plugins = ["train_fixtures"]
 
 
 def wait(ctx, job_id):
@@ -25,7 +25,7 @@ def wait(ctx, job_id):
 
 
 def test_evaluate_chart_suggestion_promote_grid_compare(tiny_model, data, solid_dataset, tiny_embedding):
-    from tests.train_fixtures import tiny_config
+    from train_fixtures import tiny_config
 
     make_random_clip(clip_folder(data) / "random-clip")
     cfg = tiny_config(data, solid_dataset, max_steps=2, save_every=1, preview_steps=1, **SCORE_SETTINGS)

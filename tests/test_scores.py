@@ -21,7 +21,7 @@ from training.run_folder import RunFolder
 from training.scores import evaluate_run, run_scores
 from training.trainer import train
 
-pytest_plugins = ["tests.train_fixtures"]
+pytest_plugins = ["train_fixtures"]
 
 TOY_CLIP_CONFIG = Path(__file__).resolve().parents[1] / "models" / "toy" / "toy-clip.json"
 
@@ -80,7 +80,7 @@ def test_clip_found_in_data_folder_file_pair_and_hub_cache(data, tmp_path, rando
 
 def test_scores_during_training_then_evaluate_run_is_cached_and_deterministic(
         tiny_model, data, solid_dataset, tiny_embedding, random_clip):
-    from tests.train_fixtures import tiny_config
+    from train_fixtures import tiny_config
 
     cfg = tiny_config(data, solid_dataset, max_steps=4, save_every=2, score_every=2, **SCORE_SETTINGS)
     job = Job(id="t", kind="train", title="t")
@@ -126,7 +126,7 @@ def test_scores_during_training_then_evaluate_run_is_cached_and_deterministic(
 
 def test_no_clip_training_warns_once_and_goes_on(tiny_model, data, solid_dataset, tiny_embedding, tmp_path,
                                                   monkeypatch):
-    from tests.train_fixtures import tiny_config
+    from train_fixtures import tiny_config
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hub"))
     cfg = tiny_config(data, solid_dataset, max_steps=4, score_every=1, **SCORE_SETTINGS)
@@ -141,7 +141,8 @@ def test_no_clip_training_warns_once_and_goes_on(tiny_model, data, solid_dataset
 def test_auto_stop_says_why_and_resumes(tiny_model, data, solid_dataset, tiny_embedding):
     """A learning rate too small to move the eval loss: auto-stop after `patience` evaluations
     with a final snapshot and the reason; resuming trains on and counts afresh."""
-    from tests.train_fixtures import tiny_config
+    from train_fixtures import tiny_config
+
     from training.service import plan_resume
 
     cfg = tiny_config(data, solid_dataset, lr="1e-12", max_steps=12, eval_every=1, eval_images=1,
