@@ -109,10 +109,35 @@ def run(args) -> int:
 
     registry = JobRegistry()
     if args.resume:
+        print_memory_estimate(_resumed_config(args), dd)
         job = resume_training(registry, args.resume, dd, **_overrides(args))
     else:
-        job = start_training(registry, build_config(args), dd)
+        config = build_config(args)
+        print_memory_estimate(config, dd)
+        job = start_training(registry, config, dd)
     return follow(job, bar=not args.no_bar)
+
+
+def print_memory_estimate(config, dd) -> None:
+    """The pre-flight GPU memory line (training.memory), printed before the model loads."""
+    from training.memory import preflight_text
+
+    if config is not None:
+        print(f"memory: {preflight_text(config, dd.models)}", flush=True)
+
+
+def _resumed_config(args):
+    """The settings a resume will use, for the memory line only (None when unreadable: the resume
+    itself then says why)."""
+    from training.config import ConfigError, TrainConfig
+    from training.run_folder import RunFolder
+
+    try:
+        config = TrainConfig.load(RunFolder(Path(args.resume)).settings_path)
+        overrides = _overrides(args)
+        return config.replace(**overrides) if overrides else config
+    except (OSError, ConfigError, TypeError, ValueError):
+        return None
 
 
 def follow(job, bar: bool = True) -> int:

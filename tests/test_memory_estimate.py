@@ -166,3 +166,24 @@ def test_calibration_factor_round_trips():
     assert calibration_factor(step, s) == pytest.approx(1.0, abs=1e-3)
     fixed = CALIBRATION["fixed_bytes"]
     assert calibration_factor(int(fixed + 1.2 * (step - fixed)), s) == pytest.approx(1.2, abs=1e-3)
+
+
+def test_train_command_prints_the_estimate_before_the_model_loads(data):
+    """`app.py train` says the estimate first; here the run then fails (no such embedding)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(root / "app.py"), "--data-dir", str(data.root), "train", "--no-bar",
+                           "--embedding", "nosuch", "--dataset", "nosuch", "--model", "tiny", "--resolution", "64"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("memory: Estimated peak GPU memory:"), done.stdout + done.stderr
+    assert "tiny, 64 px, batch 1" in lines[0]
+    if not torch.cuda.is_available():
+        assert lines[0].endswith("the estimate is for training on a GPU.")
+    loading = [i for i, line in enumerate(lines) if "loading base model" in line]
+    assert not loading or loading[0] > 0
