@@ -9,7 +9,7 @@ from diffusers import DDPMScheduler
 from embeddings.create import create_embedding
 from embeddings.embedding import EmbeddingError
 from embeddings.formats import load_embedding, save_embedding
-from embeddings.kinds import PER_LAYER, KINDS, coarse_mask, install_routing, kind_of, layer_layout, routed, style_mix
+from embeddings.kinds import KINDS, PER_LAYER, coarse_mask, install_routing, kind_of, layer_layout, routed, style_mix
 from embeddings.prompt import PromptEncoder, generate
 from jobs.registry import Job
 from training.checkpoint import load_bundle
@@ -115,8 +115,10 @@ def test_trains_groups_apart_and_writes_per_layer_files(tiny_model, data, solid_
     std = _std(tiny_model, "flatcol")
     save_embedding(PER_LAYER.make(std, tiny_model.unet), data.embeddings / "flatcol.safetensors")
     job = Job(id="pl", kind="train", title="pl")
-    out = train(tiny_config(data, solid_dataset, max_steps=3, eval_every=3, snapshot_formats=["safetensors", "pt"]),
+    out = train(tiny_config(data, solid_dataset, max_steps=3, eval_every=3, snapshot_formats=["safetensors", "pt"],
+                            preview_every=3, preview_steps=2, save_png_embeddings=True),
                 tiny_model, data, job)
+    assert len(job.events("preview")) == 1  # previews render from the live per-layer vectors
     final = load_embedding(out["files"]["safetensors"])
     assert final.kind == "per-layer" and final.step == 3
     parts = final.parts["clip_l"]
@@ -162,6 +164,7 @@ def test_per_layer_resume_is_bit_exact(tiny_model, data, solid_dataset):
 
 def test_per_layer_non_finite_steps_are_skipped_then_stop(tiny_model, data, solid_dataset):
     from train_fixtures import tiny_config
+
     from training.errors import TrainingError
 
     save_embedding(PER_LAYER.make(_std(tiny_model, "flatcol"), tiny_model.unet), data.embeddings / "flatcol.safetensors")
@@ -272,3 +275,37 @@ def test_embedding_made_for_another_unet_is_refused(tiny_model, data):
     other = pl.copy(kind_info={**pl.kind_info, "groups": ["a", "b"]})
     with pytest.raises(EmbeddingError, match="made for a UNet"):
         PER_LAYER.layout(other, xl.unet)
+
+
+def test_sdxl_per_layer_trains(data, solid_dataset):
+    from train_fixtures import tiny_config
+
+    from models.load import load_base_model
+
+    xl = load_base_model("tiny-sdxl", data)
+    save_embedding(PER_LAYER.make(_std(xl, "flatcol"), xl.unet), data.embeddings / "flatcol.safetensors")
+    out = train(tiny_config(data, solid_dataset, model="tiny-sdxl", max_steps=2), xl, data,
+                Job(id="x", kind="train", title="x"))
+    final = load_embedding(out["files"]["safetensors"])
+    assert final.kind == "per-layer" and set(final.parts) == {"clip_l", "clip_g"}
+    for key, parts in final.parts.items():
+        assert (parts - parts.mean(0)).flatten(1).norm(dim=1).gt(0).all(), key
+
+
+def test_mixed_groupings_in_one_prompt(tiny_model):
+    """A block-grouped and a stage-grouped embedding together: routed per layer, each layer gets its
+    own group's vectors from each embedding."""
+    from embeddings.kinds import conditioning_layout
+    from embeddings.prompt import prepare_conditioning
+
+    a = _varied(PER_LAYER.make(_std(tiny_model, "aaa"), tiny_model.unet, grouping="block"), seed=1)
+    b = _varied(PER_LAYER.make(_std(tiny_model, "bbb"), tiny_model.unet, grouping="stage"), seed=2)
+    layout = conditioning_layout(tiny_model.unet, [a, b])
+    assert layout.grouping == "layer" and layout.size == 16
+    on_layers = PER_LAYER.condition(b, layout)["clip_l"]
+    stage = layer_layout(tiny_model.unet, "stage")
+    for i, g in enumerate(stage.group_of):
+        assert torch.equal(on_layers[i], b.parts["clip_l"][g])
+    (cond, uncond), used_layout = prepare_conditioning(tiny_model, ["aaa and bbb", ""], [a, b])
+    assert used_layout == layout and cond.hidden.shape == uncond.hidden.shape == (1, 16 * 77, 32)
+    assert torch.equal(uncond.hidden[:, :77], uncond.hidden[:, 77:154])  # a plain prompt, widened
