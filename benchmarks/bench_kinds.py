@@ -6,8 +6,8 @@ Each (model, kind) runs in a fresh subprocess (so no run inherits another's peak
 the same settings; "x std" is the kind's step time over the standard kind's on that model. The
 per-layer kind's extra cost is its text-encoder pass over groups x batch rows (one batched
 pass) and the longer context the routing processors cut up; the UNet's work is the same.
-Models and memory columns as in bench_train.py (random weights; 512 px on a GPU, 128 px on CPU
-for the SD 1.5-shaped model, 64 px for tiny). A script that prints a table, never a test.
+Models and memory columns as in bench_train.py (random weights from the bundled configs, built
+once; 512 px on a GPU, 128 px on CPU for SD 1.5, 1024 px on a GPU for SDXL, 64 px for tiny). A script that prints a table, never a test.
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_train import _peak_rss_kib, _reset_peak_rss, _status_kib, sd15_model  # noqa: E402
+from bench_train import (  # noqa: E402
+    _peak_rss_kib,
+    _reset_peak_rss,
+    _status_kib,
+    default_resolution,
+    default_weights_dir,
+    load_model,
+)
 
 KIND_RUNS = {  # label -> (kind, creation options, extra training settings)
     "standard": ("standard", {}, {}),
@@ -62,14 +69,13 @@ def step_time(model, data, plan, resolution: int, batch: int, steps: int, label:
 
 
 def worker(which: str, label: str, args) -> dict:
-    from models.load import load_base_model
     from training.device import choose_device
     from workspace.datadir import DataDir
 
     plan = choose_device(args.precision)
     data = DataDir.at(args.data_dir).ensure()
-    model = load_base_model("tiny", data) if which == "tiny" else sd15_model(data)
-    res = args.resolution or (64 if which == "tiny" else (512 if plan.device.type == "cuda" else 128))
+    model = load_model(which, data, Path(args.weights_dir))
+    res = args.resolution or default_resolution(which, plan.device.type == "cuda")
     for m in (*model.text_encoders, model.unet):
         m.to(device=plan.device, dtype=plan.weight_dtype)
     cuda = plan.device.type == "cuda"
@@ -90,7 +96,10 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=0)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--only", choices=["tiny", "sd15"], default=None)
+    ap.add_argument("--only", choices=["tiny", "sd15", "sdxl"], default=None,
+                    help="one model (default: tiny and sd15; sdxl only when named)")
+    ap.add_argument("--weights-dir", default=str(default_weights_dir()),
+                    help="where bench_train's random SD 1.5 / SDXL folders are built once and kept")
     ap.add_argument("--kinds", default=",".join(KIND_RUNS), help="comma-separated labels of KIND_RUNS")
     ap.add_argument("--worker", nargs=2, metavar=("MODEL", "KIND"), help=argparse.SUPPRESS)
     ap.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)
@@ -101,14 +110,14 @@ def main() -> None:
     data_dir = tempfile.mkdtemp(prefix="bench-kinds-")
     print(f"{'model':6} {'res':>5} {'batch':>5} {'kind':18} {'device':22} {'s/step':>8} {'it/s':>7} "
           f"{'MiB':>7} {'x std':>6}")
-    for which in ("tiny", "sd15"):
-        if args.only and which != args.only:
+    for which in ("tiny", "sd15", "sdxl"):
+        if (args.only and which != args.only) or (not args.only and which == "sdxl"):
             continue
         base = None
         for label in args.kinds.split(","):
             cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", which, label, "--data-dir", data_dir,
                    "--steps", str(args.steps), "--resolution", str(args.resolution), "--batch", str(args.batch),
-                   "--precision", args.precision]
+                   "--precision", args.precision, "--weights-dir", args.weights_dir]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(f"{which}/{label} failed:\n{done.stderr[-3000:]}")
