@@ -160,6 +160,14 @@ class JobView:
         return {"likeness": [(e.step, e.likeness) for e in self.scores],
                 "editability": [(e.step, e.editability) for e in self.scores]}
 
+    def layer_grid(self) -> tuple[int, dict[str, list[list[float]]]] | None:
+        """The latest per-layer norms (step, {encoder: groups x vectors}) for the heat map of a
+        per-layer embedding; None while the run sent none (a standard embedding never does)."""
+        for e in reversed(self.norms):
+            if e.layers:
+                return e.step, {k: [list(row) for row in grid] for k, grid in e.layers.items()}
+        return None
+
     def norm_series(self) -> dict[str, list[tuple[int, float]]]:
         """One series per learned vector: "v0", "v1"... for one text encoder, "clip_l[0]",
         "clip_g[0]"... when there are several."""

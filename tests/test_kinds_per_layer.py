@@ -309,3 +309,17 @@ def test_mixed_groupings_in_one_prompt(tiny_model):
     (cond, uncond), used_layout = prepare_conditioning(tiny_model, ["aaa and bbb", ""], [a, b])
     assert used_layout == layout and cond.hidden.shape == uncond.hidden.shape == (1, 16 * 77, 32)
     assert torch.equal(uncond.hidden[:, :77], uncond.hidden[:, 77:154])  # a plain prompt, widened
+
+
+def test_job_view_keeps_the_latest_layer_grid():
+    from jobs import events
+    from jobs.view import view_of
+
+    grid = {"clip_l": [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]]}
+    evs = [events.Norms(1, {"clip_l": [0.3, 0.4]}, layers=grid),
+           events.Norms(2, {"clip_l": [0.31, 0.41]}, layers={"clip_l": [[1.0, 2.0]] * 3})]
+    view = view_of(evs)
+    assert view.layer_grid() == (2, {"clip_l": [[1.0, 2.0]] * 3})
+    back = events.from_data("norms", events.to_data(evs[0]))
+    assert back == evs[0]  # the grid survives the event log's JSON
+    assert view_of([events.Norms(1, {"clip_l": [0.3]})]).layer_grid() is None
