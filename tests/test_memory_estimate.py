@@ -187,3 +187,23 @@ def test_train_command_prints_the_estimate_before_the_model_loads(data):
         assert lines[0].endswith("the estimate is for training on a GPU.")
     loading = [i for i, line in enumerate(lines) if "loading base model" in line]
     assert not loading or loading[0] > 0
+
+
+def test_train_form_shows_the_estimate(tmp_path):
+    """The Train form's memory line: the same text as `app.py train`, from the form's values; the
+    tab builds with it wired."""
+    import gradio as gr
+
+    from ui.state import AppContext
+    from ui.train_tab import build, memory_estimate
+    from workspace.datadir import DataDir
+
+    ctx = AppContext(data=DataDir.at(tmp_path / "data").ensure())
+    line = memory_estimate(ctx, "tiny", 64, 2, "auto", True, 0)
+    expected = preflight_text(TrainConfig(model="tiny", resolution=64, batch_size=2, gradient_checkpointing=True,
+                                          preview_every=0), ctx.data.models)
+    assert line == expected and "tiny, 64 px, batch 2" in line and "gradient checkpointing" in line
+    assert "(tiny, 512 px, batch 1, fp16" in memory_estimate(ctx, "", None, None, None, None, None)  # empty: defaults
+    with gr.Blocks() as demo:
+        build(ctx, demo)
+    assert any(getattr(b, "elem_id", None) == "train_memory" for b in demo.blocks.values())

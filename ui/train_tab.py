@@ -25,6 +25,7 @@ import pandas as pd
 from jobs import events
 from jobs.view import JobView, ViewCache, view_of
 from training.config_text import FIELD_TEXT
+from training.memory import preflight_text
 from ui.common import FieldText, fail, field_text, fmt_seconds, grouped_fields, short, user_errors, widget_for_field
 from ui.state import AppContext
 
@@ -512,6 +513,24 @@ def native_resolution(ctx: AppContext, spec: str) -> int | None:
     return native_size(info.family) if info is not None else None
 
 
+MEMORY_FIELDS = ("model", "resolution", "batch_size", "mixed_precision", "gradient_checkpointing", "preview_every")
+
+
+def memory_estimate(ctx: AppContext, model: str, resolution: float | None, batch: float | None, precision: str | None,
+                    checkpointing: bool | None, preview_every: float | None) -> str:
+    """The pre-flight GPU memory line (training.memory) for the form's settings, before anything
+    loads; empty while a number in the form is not one yet."""
+    from training.config import TrainConfig
+
+    try:
+        config = TrainConfig(model=(model or "").strip() or ctx.default_model_spec(), resolution=int(resolution or 512),
+                             batch_size=max(1, int(batch or 1)), mixed_precision=precision or "auto",
+                             gradient_checkpointing=bool(checkpointing), preview_every=int(preview_every or 0))
+        return preflight_text(config, ctx.data.models)
+    except (TypeError, ValueError):
+        return ""
+
+
 # --- layout ------------------------------------------------------------------------------------------------
 # The essentials, three to a row, under the Start / Interrupt / Resume bar, so all of them show
 # without scrolling at 1400x1000; the rest is in "Advanced", the long reports are folded.
@@ -562,6 +581,7 @@ def build(ctx: AppContext, demo=None):
             restored = gr.Markdown(elem_id="train_restored")
             dataset_md = gr.Markdown(elem_id="train_dataset_check")
             lr_msg = gr.Markdown(elem_id="train_lr_msg")
+            memory_md = gr.Markdown(elem_id="train_memory")
             with gr.Accordion("Dataset details and sample prompts", open=False, elem_id="train_details"):
                 dataset_details = gr.Markdown(elem_id="train_dataset_details")
                 template_md = gr.Markdown(elem_id="train_template_preview")
@@ -612,6 +632,13 @@ def build(ctx: AppContext, demo=None):
     check_inputs_ = [comps["dataset"], comps["embedding"], comps["template"], comps["resolution"]]
     gr.on([c.change for c in check_inputs_], check, check_inputs_, [dataset_md, dataset_details],
           api_name="dataset_check", show_progress="hidden", trigger_mode="always_last")
+
+    def memory(*values):
+        return memory_estimate(ctx, *values)
+
+    memory_inputs = [comps[n] for n in MEMORY_FIELDS]
+    gr.on([c.change for c in memory_inputs], memory, memory_inputs, memory_md, api_visibility="private",
+          show_progress="hidden", trigger_mode="always_last")
 
     def restore(e):
         if not e:
@@ -685,6 +712,7 @@ def build(ctx: AppContext, demo=None):
         demo.load(on_load, comps["model"], [*form, restored, auto_resolution], api_visibility="private",
                   show_progress="hidden")
         demo.load(schedule_plot, sched_inputs, [lr_plot, lr_msg], api_visibility="private", show_progress="hidden")
+        demo.load(memory, memory_inputs, memory_md, api_visibility="private", show_progress="hidden")
     refresher = Refresh(refresh, [comps["embedding"], comps["dataset"]], [comps["embedding"], comps["dataset"]])
     refresher.timer = timer  # type: ignore[attr-defined]  # the app pauses polling while another tab is shown
     return refresher
