@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from embeddings.families import BUILTIN_MODELS
 from training.config import TrainConfig
 from training.memory import (
     CALIBRATION,
@@ -139,6 +140,8 @@ def test_model_shape_without_loading(tmp_path):
     (models / "named" / "text_encoder" / "config.json").write_text(json.dumps({"hidden_size": 1024}))
     assert model_shape("named", models) == "sd2"  # a name in the models folder, as the loader reads it
     assert model_shape("someone/some-model") is None
+    for name in BUILTIN_MODELS:  # every built-in has an estimate, also one added after this table
+        assert model_shape(name) in SHAPES and estimate_memory(MemorySettings(model_shape(name), 64)).peak < GIB
     (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
     assert model_shape(str(tmp_path / "broken.safetensors")) is None
 

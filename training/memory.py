@@ -89,6 +89,8 @@ SHAPES.update({
                        native=64),
 })
 
+SMALL_BUILTIN = {"sd1": "tiny", "sdxl": "tiny-sdxl", "sd2": "tiny-sd2v"}  # by family, for built-ins not listed
+
 # ---- calibration: the one place gpu_check.sh's measurements go ------------------------------------------
 CALIBRATION = {
     # measured peak / estimated peak of the training step, per shape and checkpointing; 1.0 until
@@ -267,8 +269,8 @@ def model_shape(spec: str, models_dir: Path | None = None) -> str | None:
     the family of a diffusers folder (its JSON files) or a .safetensors file (its header); None
     when that cannot be told (a .ckpt, a hub id): the estimate then assumes SD 1.x and says so."""
     spec = (spec or "").strip()
-    if spec.lower() in BUILTIN_MODELS:
-        return spec.lower()
+    if spec.lower() in BUILTIN_MODELS:  # a built-in without its own row is counted as the toy layout of its family
+        return spec.lower() if spec.lower() in SHAPES else SMALL_BUILTIN[BUILTIN_MODELS[spec.lower()].family]
     path = Path(spec).expanduser()
     if not path.exists() and models_dir is not None and (models_dir / spec).exists():
         path = models_dir / spec
