@@ -7,6 +7,7 @@ from pathlib import Path
 from cli import CliError
 from cli.common import data_dir, print_json
 from embeddings.create import create_embedding, plan_embedding
+from embeddings.embedding import EmbeddingError
 from embeddings.families import known_widths
 from embeddings.formats import FORMATS, export_name, load_embedding, save_embedding
 from embeddings.formats.diffusers_format import pair_paths
@@ -34,8 +35,8 @@ def register(sub) -> None:
         for opt in kind.options:
             if opt.name not in seen:
                 seen.add(opt.name)
-                p.add_argument(f"--{opt.name.replace('_', '-')}", dest=f"kind_{opt.name}", choices=opt.choices,
-                               default=opt.default, help=f"({kind.name}) {opt.help}")
+                p.add_argument(f"--{opt.name.replace('_', '-')}", dest=f"kind_{opt.name}",
+                               choices=opt.choices or None, default=opt.default, help=f"({kind.name}) {opt.help}")
     p.set_defaults(func=run_create)
     register_inspect_convert(sub)
 
@@ -65,7 +66,10 @@ def run_create(args) -> int:
         emb = create_embedding(model, args.name, args.init_text, args.vectors, args.init)
         for line in plan.describe():
             print(line)
-    emb = kind.make(emb, model.unet, **{o.name: getattr(args, f"kind_{o.name}") for o in kind.options})
+    try:
+        emb = kind.make(emb, model.unet, **{o.name: getattr(args, f"kind_{o.name}") for o in kind.options})
+    except EmbeddingError as e:
+        raise CliError(str(e)) from None
     print(f"kind: {kind.label}: {kind.summary}")
     for key, value in kind.describe(emb).items():
         if key not in ("kind", "group_norms"):

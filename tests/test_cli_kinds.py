@@ -72,3 +72,14 @@ def test_generate_style_mix_row(data, tiny_model, tmp_path, capsys):
     code, _, err = run(capsys, "generate", "a photo", "--style-mix", "obj", "sty", "--data-dir", str(data.root),
                        "-o", str(tmp_path / "x.png"))
     assert code != 0 and "does not name 'obj'" in err
+
+
+def test_create_with_a_chosen_standard_part(data, tiny_model, capsys):
+    code, _, err = run(capsys, "create", "midpart", "--kind", "per-layer", "--grouping", "stage", "--standard-part",
+                       "mid", "--data-dir", str(data.root))
+    assert code == 0, err
+    emb = load_embedding(data.embeddings / "midpart.safetensors")
+    assert emb.kind_info["standard"] == "mid" and torch.equal(emb.vectors["clip_l"], emb.parts["clip_l"][1])
+    code, _, err = run(capsys, "create", "badpart", "--kind", "per-layer", "--grouping", "stage", "--standard-part",
+                       "nowhere", "--data-dir", str(data.root))
+    assert code != 0 and "standard part 'nowhere'" in err and "down, mid, up" in err

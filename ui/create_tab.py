@@ -105,8 +105,10 @@ def build(ctx: AppContext) -> CreateTab:
                 fmt = gr.Radio(["safetensors", "pt"], value="safetensors", label="File format", elem_id="create_fmt")
             kind = gr.Radio([(k.label, k.name) for k in KINDS.values()], value="standard", label="Kind",
                             info=" · ".join(f"{k.label}: {k.summary}" for k in KINDS.values()), elem_id="create_kind")
-            kind_options = {o.name: gr.Dropdown(list(o.choices), value=o.default, label=o.label, info=o.help,
-                                                visible=False, elem_id=f"create_{o.name}")
+            kind_options = {o.name: (gr.Dropdown(list(o.choices), value=o.default, label=o.label, info=o.help,
+                                                 visible=False, elem_id=f"create_{o.name}") if o.choices else
+                                     gr.Textbox(value=o.default, label=o.label, info=o.help, visible=False,
+                                                elem_id=f"create_{o.name}"))
                             for k in KINDS.values() for o in k.options}
             overwrite = gr.Checkbox(False, label="Overwrite an existing embedding with this name",
                                     elem_id="create_overwrite")
@@ -134,7 +136,7 @@ def build(ctx: AppContext) -> CreateTab:
 
     def kind_fn(k: str) -> list:
         own = {o.name for o in get_kind(k).options}
-        return [gr.Dropdown(visible=name in own) for name in kind_options]
+        return [gr.update(visible=name in own) for name in kind_options]
 
     kind.change(kind_fn, kind, list(kind_options.values()), show_progress="hidden")
     btn.click(create_fn, [*inputs, fmt, overwrite, kind, *kind_options.values()], [result, created, plan],

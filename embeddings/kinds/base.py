@@ -45,7 +45,7 @@ class KindOption:
 
     name: str
     label: str
-    choices: tuple[str, ...]
+    choices: tuple[str, ...]  # empty: free text (checked by the kind's `make`)
     default: str
     help: str
 

@@ -45,6 +45,8 @@ class PerLayerKind(Kind):
     options = (
         KindOption("grouping", "Layer groups", tuple(GROUPINGS), DEFAULT_GROUPING,
                    "; ".join(f"{k}: {v}" for k, v in GROUPINGS.items())),
+        KindOption("standard_part", "Standard part (what other tools load)", (), MEAN,
+                   "'mean' over the layer groups, or one group's name (e.g. mid)"),
     )
 
     # ---- making and checking ----------------------------------------------------------------------
@@ -52,6 +54,10 @@ class PerLayerKind(Kind):
              **_options: str) -> Embedding:
         """Every group starts at `standard`'s vectors (so before training it acts exactly like it)."""
         layout = _layout(unet, grouping)
+        standard_part = (standard_part or MEAN).strip()
+        if standard_part != MEAN and standard_part not in layout.groups:
+            raise EmbeddingError(f"standard part {standard_part!r}: use 'mean' or one of the {grouping} groups "
+                                 f"({', '.join(layout.groups[:6])}{' ...' if layout.size > 6 else ''})")
         parts = {k: v.unsqueeze(0).repeat(layout.size, 1, 1) for k, v in standard.vectors.items()}
         info = {"grouping": grouping, "groups": list(layout.groups), "standard": standard_part}
         emb = Embedding(standard.name, {k: v.clone() for k, v in standard.vectors.items()}, standard.step,
