@@ -5,12 +5,21 @@ takes N token slots. The vectors are spliced into the token-embedding output wit
 hook, before position embeddings, so the text encoder itself is untouched and gradients flow
 only into the vectors. Training uses this with live tensors; previews and Generate use it with
 stored embeddings.
+
+Long prompts are encoded as A1111 and ComfyUI do: in chunks of 75 tokens (each with its own
+start and end token, 77 in all), encoded separately and concatenated along the sequence, so
+nothing past token 75 is lost. `BREAK` (upper case, a word of its own) ends a chunk early; an
+embedding never straddles two chunks (it moves to the next one whole); when a chunk fills up and
+its last comma is within 20 tokens of the end, the words after that comma move to the next chunk.
+Prompts encoded together get the same number of chunks (empty ones pad the shorter). With
+per-layer routing in use (a `layout`) a prompt stays one chunk, as the routing expects.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -24,14 +33,56 @@ log = logging.getLogger(__name__)
 
 CHUNK = 77
 PLACEHOLDER_ID = 0  # A1111 uses id 0 ("!") for embedding slots; never EOS, which CLIP pools on
+BREAK = re.compile(r"(?<![^\s,])BREAK(?![^\s,])")  # the keyword, as a word of its own
+COMMA_BACKTRACK = 20  # A1111's default: a chunk ends at its last comma when that is this close to the end
 
 
 @dataclass
 class TokenizedPrompts:
-    ids: list[torch.Tensor]  # per encoder, [B, 77]
-    fixes: list[tuple[int, int, str, int]]  # (batch row, first slot, embedding name, vectors used)
-    truncated: list[int] = field(default_factory=list)  # batch rows whose text did not fit
+    ids: list[torch.Tensor]  # per encoder, [B * chunks, 77]: prompt b's chunk c is row b * chunks + c
+    fixes: list[tuple[int, int, str, int]]  # (row, first slot, embedding name, vectors used)
+    truncated: list[int] = field(default_factory=list)  # prompts whose text did not fit (one-chunk only)
     used: set[str] = field(default_factory=set)
+    chunks: int = 1  # 77-token chunks per prompt
+
+
+def split_chunks(tokenizer, matcher: NameMatcher, vector_counts: Mapping[str, int],
+                 text: str) -> tuple[list[list[int]], list[tuple[int, int, str, int]]]:
+    """A prompt as chunks of at most 75 token ids (embedding slots as PLACEHOLDER_ID), and where
+    each embedding goes: (chunk, slot in the chunk without the start token, name, vectors)."""
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    rows: list[list[int]] = [[]]
+    fixes: list[tuple[int, int, str, int]] = []
+    for i, part in enumerate(BREAK.split(text)):
+        if i and rows[-1]:
+            rows.append([])
+        plain = tokenize_plain(tokenizer, part)
+        items: list[tuple[list[int], str | None]] = []
+        pos = 0
+        for m in matcher.find(plain):
+            items += [([t], None) for t in plain[pos:m.start]]
+            items.append(([PLACEHOLDER_ID] * min(vector_counts[m.name], CHUNK - 2), m.name))
+            pos = m.start + m.length
+        items += [([t], None) for t in plain[pos:]]
+        pending: list[tuple[int, str, int]] = []  # the current chunk's embeddings: (slot, name, vectors)
+        for ids, name in items:
+            row = rows[-1]
+            if len(row) + len(ids) > CHUNK - 2:  # full: the rest goes to a new chunk
+                moved: list[int] = []
+                if name is None and comma in row:
+                    cut = len(row) - row[::-1].index(comma)  # just after the last comma
+                    if len(row) - cut <= COMMA_BACKTRACK:
+                        moved = row[cut:]
+                        del row[cut:]
+                fixes.extend((len(rows) - 1, s, n, k) for s, n, k in pending if s < len(row))
+                pending = [(s - len(row), n, k) for s, n, k in pending if s >= len(row)]
+                rows.append(moved)
+                row = rows[-1]
+            if name is not None:
+                pending.append((len(row), name, len(ids)))
+            row.extend(ids)
+        fixes.extend((len(rows) - 1, s, n, k) for s, n, k in pending)
+    return rows, fixes
 
 
 @dataclass
@@ -59,51 +110,42 @@ class PromptEncoder:
         embs = list(embeddings.values()) if isinstance(embeddings, Mapping) else list(embeddings)
         return cls(model, {e.name: e.num_vectors for e in embs}, clip_skip, layout)
 
-    def tokenize(self, prompts: list[str]) -> TokenizedPrompts:
-        rows: list[list[int]] = []
-        fixes: list[tuple[int, int, str, int]] = []
+    def tokenize(self, prompts: list[str], min_chunks: int = 1) -> TokenizedPrompts:
+        """Token ids of each prompt in 77-token chunks (see the module's docstring), every prompt
+        padded with empty chunks to the longest one's count (at least `min_chunks`)."""
+        tok0 = self.model.tokenizers[0]
+        split = [split_chunks(tok0, self.matcher, self.vector_counts, text) for text in prompts]
         truncated: list[int] = []
-        used: set[str] = set()
-        for b, text in enumerate(prompts):
-            plain = tokenize_plain(self.model.tokenizers[0], text)
-            out: list[int] = []
-            pos = 0
-            for m in self.matcher.find(plain):
-                out.extend(plain[pos : m.start])
-                n = self.vector_counts[m.name]
-                fixes.append((b, len(out), m.name, n))
-                used.add(m.name)
-                out.extend([PLACEHOLDER_ID] * n)
-                pos = m.start + m.length
-            out.extend(plain[pos:])
-            if len(out) > CHUNK - 2:
-                truncated.append(b)
-                out = out[: CHUNK - 2]
-            rows.append(out)
-        # Drop fixes cut off by truncation, shorten partially cut ones (A1111 truncates too).
-        kept = []
-        for b, start, name, n in fixes:
-            k = min(n, CHUNK - 2 - start)
-            if k > 0:
-                kept.append((b, start + 1, name, k))  # +1 for BOS
+        if self.layout is not None:  # routed contexts are one chunk per group: keep the first
+            for b, (rows, fixes) in enumerate(split):
+                if len(rows) > 1:
+                    truncated.append(b)
+                    split[b] = (rows[:1], [f for f in fixes if f[0] == 0])
+        chunks = max([min_chunks, *(len(rows) for rows, _ in split)])
+        fixes = [(b * chunks + c, s + 1, name, k)  # +1 for the start token
+                 for b, (_, own) in enumerate(split) for c, s, name, k in own]
         ids = []
         for tok in self.model.tokenizers:
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             bos, eos = tok.bos_token_id, tok.eos_token_id
-            batch = torch.full((len(rows), CHUNK), pad, dtype=torch.long)
-            for b, row in enumerate(rows):
-                seq = [bos, *row, eos]
-                batch[b, : len(seq)] = torch.tensor(seq)
+            batch = torch.full((len(prompts) * chunks, CHUNK), pad, dtype=torch.long)
+            for b, (rows, _) in enumerate(split):
+                for c in range(chunks):
+                    seq = [bos, *(rows[c] if c < len(rows) else []), eos]
+                    batch[b * chunks + c, : len(seq)] = torch.tensor(seq)
             ids.append(batch)
         if truncated:
-            log.warning("prompt(s) %s longer than 75 tokens were truncated", truncated)
-        return TokenizedPrompts(ids=ids, fixes=kept, truncated=truncated, used=used)
+            log.warning("prompt(s) %s longer than 75 tokens were cut: per-layer conditioning takes one chunk",
+                        truncated)
+        used = {name for _, _, name, _ in fixes}
+        return TokenizedPrompts(ids=ids, fixes=fixes, truncated=truncated, used=used, chunks=chunks)
 
     def encode(
         self,
         prompts: list[str],
         vectors: Mapping[str, Mapping[str, torch.Tensor]],
         tokenized: TokenizedPrompts | None = None,
+        min_chunks: int = 1,
     ) -> TextConditioning:
         """`vectors[name][encoder_key]` is [n, width] (the same on every layer) or, with a `layout`,
         [groups, n, width] (one set per group: `embeddings.kinds`); live and trainable, or stored.
@@ -115,8 +157,11 @@ class PromptEncoder:
         (e.g. a standard embedding beside a per-layer one); without gradients also when their values
         are equal, so an untrained per-layer embedding costs one pass, as a standard one does.
         (With gradients, equal values must stay separate rows: each group needs its own gradient.)
-        SDXL's pooled output (which is not per layer) is the mean over groups."""
-        tp = tokenized or self.tokenize(prompts)
+        SDXL's pooled output (which is not per layer) is the mean over groups.
+
+        A long prompt's chunks are concatenated: [B, chunks * 77, D] (the pooled output is the
+        first chunk's, as in A1111)."""
+        tp = tokenized or self.tokenize(prompts, min_chunks)
         groups = self.layout.size if self.layout is not None else 1
         used = sorted({name for _b, _s, name, _k in tp.fixes if name in vectors})
         for name in used:
@@ -124,7 +169,11 @@ class PromptEncoder:
                 if t.dim() == 3 and t.shape[0] != groups:
                     raise ValueError(f"{name}: {key} has {t.shape[0]} layer groups, the routing has {groups}")
         slot_variant, variants = self._variants(used, vectors, groups)
-        hidden, pooled = self._encode_batched(tp, variants, len(prompts))
+        hidden, pooled = self._encode_batched(tp, variants, len(prompts) * tp.chunks)
+        if tp.chunks > 1:  # [V, B * C, 77, D] -> [V, B, C * 77, D]; pooled from each prompt's first chunk
+            hidden = hidden.reshape(hidden.shape[0], len(prompts), tp.chunks * hidden.shape[2], hidden.shape[3])
+            if pooled is not None:
+                pooled = pooled.reshape(pooled.shape[0], len(prompts), tp.chunks, *pooled.shape[2:])[:, :, 0]
         if len(variants) == 1:
             return TextConditioning(hidden=hidden[0], pooled=None if pooled is None else pooled[0])
         index = torch.tensor(slot_variant, device=hidden.device)
@@ -244,7 +293,8 @@ def prepare_conditioning(model, prompts: list[str], embeddings: Mapping[str, Emb
     layout = layout if layout is not None else conditioning_layout(model.unet, used)
     enc = PromptEncoder.for_embeddings(model, embs, clip_skip, layout)
     vecs = embedding_vectors(used, layout)
-    conds = [enc.encode([p], vecs) for p in prompts]
+    chunks = max(enc.tokenize([p]).chunks for p in prompts)  # equal lengths for CFG: pad the shorter
+    conds = [enc.encode([p], vecs, min_chunks=chunks) for p in prompts]
     length = max(c.hidden.shape[1] for c in conds)
     return [TextConditioning(widen(c.hidden, length), c.pooled) for c in conds], layout
 

@@ -132,13 +132,17 @@ def _add_tabs(gr, ctx, demo) -> None:
                  show_progress="hidden")
     t_train.select(train.refresh_fn, train.refresh_inputs, train.refresh_outputs, api_visibility="private",
                    show_progress="hidden")
-    # The Train tab polls its job once a second; while another tab is shown it does not (the
-    # browser already stops the timer in a hidden window), and the charts redraw on coming back.
-    timer = train.timer
-    t_train.select(lambda: gr.Timer(active=True), None, timer, api_visibility="private", show_progress="hidden",
-                   js="() => { setTimeout(() => window.tiCharts && window.tiCharts.redraw(), 50); }")
-    for tab in (t_create, t_pre, t_emb, t_gen):
-        tab.select(lambda: gr.Timer(active=False), None, timer, api_visibility="private", show_progress="hidden")
+    # The Train and Preprocess tabs poll their job once a second, each only while it is shown (the
+    # browser already stops timers in a hidden window): polling costs CPU a run on a small machine
+    # needs. The Train charts redraw on coming back.
+    timers = [(t_pre, pre.timer), (t_train, train.timer)]
+    for tab in (t_create, t_pre, t_train, t_emb, t_gen):
+        def only(shown=tab):
+            return [gr.Timer(active=owner is shown) for owner, _ in timers]
+
+        js = "() => { setTimeout(() => window.tiCharts && window.tiCharts.redraw(), 50); }" if tab is t_train else None
+        tab.select(only, None, [timer for _, timer in timers], api_visibility="private", show_progress="hidden",
+                   js=js)
     t_emb.select(emb.refresh_fn, emb.refresh_inputs, emb.refresh_outputs, api_visibility="private",
                  show_progress="hidden")
     t_eval.select(evaluate.refresh.fn, evaluate.refresh.inputs, evaluate.refresh.outputs, api_visibility="private",

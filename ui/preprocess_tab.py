@@ -289,7 +289,7 @@ def build(ctx: AppContext) -> Refresh:
     names = [n for n, _, _ in fields]
     form = [comps[n] for n in names]
     seen = gr.State(None)
-    timer = gr.Timer(POLL_SECONDS, active=True)
+    timer = gr.Timer(POLL_SECONDS, active=False)  # the app starts it while the Preprocess tab is shown
 
     @user_errors("Preprocess")
     def run_fn(n, f, ff, sf, *values):
@@ -341,4 +341,6 @@ def build(ctx: AppContext) -> Refresh:
     def refresh(d):
         return gr.Dropdown(choices=ctx.datasets(), value=d)
 
-    return Refresh(refresh, [dataset], [dataset])
+    refresher = Refresh(refresh, [dataset], [dataset])
+    refresher.timer = timer  # type: ignore[attr-defined]  # polls only while this tab is shown
+    return refresher
