@@ -17,8 +17,9 @@ loader: no download, and the second run starts at once.
 Memory: each measurement (ours, floor) runs in a fresh subprocess so one cannot inherit the
 other's peak. On CUDA the MiB columns are torch.cuda.max_memory_allocated during the measurement,
 weights included (ours also includes the latent caching with the VAE on the GPU); "est MiB" is
-training.memory's pre-flight estimate for the same settings and "calib" the CALIBRATION["scale"]
-value that would make the estimate match ours (write it into training/memory.py).
+training.memory's pre-flight estimate of the run's peak for the same settings (compare with ours)
+and "calib" the CALIBRATION["scale"] value that would make its training-step part match the
+floor's peak, which is one step alone (write it into training/memory.py).
 On CPU they are the process's peak resident set size during the measurement minus its RSS just
 before it (the model loaded and in place): what training adds on top of holding the model. The
 peak is reset first through /proc/self/clear_refs; where that is refused, ru_maxrss (peak since
@@ -261,9 +262,11 @@ def worker(which: str, what: str, args) -> dict:
     settings = MemorySettings(shape={"sd15": "sd1"}.get(which, which), resolution=res, batch_size=args.batch,
                               precision=prec, gradient_checkpointing=ckpt)
     est = estimate_memory(settings)
+    # The floor's peak is the training step alone (weights + one step); ours adds the latent caching.
+    calib = calibration_factor(int(mem * 2**20), settings) if cuda and what == "floor" else None
     return {"res": res, "ckpt": ckpt, "device": plan.label, "step_s": step_s, "mem_mib": mem,
             "rss_mib": peak_kib / 1024, "mem_kind": "cuda" if cuda else ("rss-added" if reset else "ru_maxrss-added"),
-            "est_mib": est.peak / 2**20, "calib": calibration_factor(int(mem * 2**20), settings) if cuda else None,
+            "est_mib": est.peak / 2**20, "est_step_mib": est.phases["training step"] / 2**20, "calib": calib,
             "gpu": torch.cuda.get_device_name() if cuda else ""}
 
 
@@ -324,7 +327,7 @@ def print_table(rows, batch: int) -> None:
           f"{'est MiB':>8} {'calib':>6} {'ours RSS':>9} {'floor it/s':>10} {'floor MiB':>9} {'floor RSS':>9} "
           f"{'ratio':>6}")
     for which, o, f in rows:
-        calib = f"{o['calib']:6.3f}" if o.get("calib") is not None else f"{'-':>6}"
+        calib = f"{f['calib']:6.3f}" if f.get("calib") is not None else f"{'-':>6}"
         print(f"{which:6} {o['res']:5d} {batch:5d} {'on' if o['ckpt'] else 'off':>4} {o['device']:22} "
               f"{1 / o['step_s']:10.2f} {o['mem_mib']:9.0f} {o['est_mib']:8.0f} {calib} {o['rss_mib']:9.0f} "
               f"{1 / f['step_s']:10.2f} {f['mem_mib']:9.0f} {f['rss_mib']:9.0f} {o['step_s'] / f['step_s']:6.2f}")

@@ -68,9 +68,11 @@ for model, res, ckpt, limit, what in targets:
             continue
         mib = o["mem_mib"]
         verdict = "met" if mib < limit else f"MISSED by {mib - limit:.0f} MiB"
+        f = r["floor"]
         print(f"{what} (checkpointing {'on' if o['ckpt'] else 'off'}): peak {mib:.0f} MiB allocated, "
               f"target < {limit} MiB: {verdict}; estimate {o['est_mib']:.0f} MiB "
-              f"({100 * (o['est_mib'] - mib) / mib:+.0f}%), calibration factor {o['calib']}")
+              f"({100 * (o['est_mib'] - mib) / mib:+.0f}%); one step alone (the floor) {f['mem_mib']:.0f} MiB, "
+              f"estimated {o['est_step_mib']:.0f} MiB, calibration factor {f['calib']}")
 EOF
 fi
 ELAPSED=$(( $(date +%s) - T0 ))
