@@ -229,14 +229,11 @@ def _build(info: ClipInfo, device: torch.device) -> ClipModel:
 
     try:
         if info.kind == "toy":
-            from models.toy import load_toy_clip
             from models.toy.clip import MEAN, STD
             from models.toy.clip import load_clip as load_toy
-            from models.toy.weights import MANIFEST
 
-            # hash-checked once the build wrote its manifest; a build in progress has the file only
-            folder = Path(info.path).parent
-            model, tokenizer = load_toy_clip(folder) if (folder / MANIFEST).is_file() else load_toy(Path(info.path))
+            _check_toy_hash(Path(info.path))
+            model, tokenizer = load_toy(Path(info.path))
             size = model.visual.image_size
             preprocess = open_clip.image_transform(size, is_train=False, mean=MEAN, std=STD)
         elif info.kind == "file":
@@ -258,6 +255,20 @@ def _build(info: ClipInfo, device: torch.device) -> ClipModel:
         raise ModelError(f"{info.path}: cannot load as an open_clip CLIP model: {e}") from e
     model = model.to(device).eval().requires_grad_(False)
     return ClipModel(info, model, tokenizer, preprocess, device)
+
+
+def _check_toy_hash(path: Path) -> None:
+    """The toy CLIP's file against the sha256 its build recorded (when a manifest lists it): a
+    corrupted or half-updated checkout fails naming the file instead of scoring with wrong weights."""
+    from models.toy.weights import MANIFEST, sha256
+
+    manifest = path.parent / MANIFEST
+    if not manifest.is_file():
+        return
+    want = json.loads(manifest.read_text(encoding="utf-8")).get("files", {}).get(path.name)
+    if want and (path.stat().st_size != want.get("bytes") or sha256(path) != want.get("sha256")):
+        raise ModelError(f"{path}: does not match the sha256 in {MANIFEST}; restore it from git or rebuild with "
+                         "python -m models.toy.build")
 
 
 def save_clip_folder(model, model_cfg: dict[str, Any], folder: Path, *, mean: Sequence[float] | None = None,
