@@ -38,9 +38,10 @@ EMPTY_CAPTION_P = 0.1  # captions dropped during UNet training, so classifier-fr
 class BuildConfig:
     seed: int = 9
     images: int = 12000  # the fixed training set for VAE latents and the UNet
-    vae_steps: int = 1000
+    vae_steps: int = 4000
     vae_batch: int = 16
     vae_crop: int = 32  # the VAE is convolutional: training on crops is 4x cheaper
+    decoder_steps: int = 1500  # then the decoder alone on whole images
     unet_steps: int = 3000
     unet_batch: int = 32
     unet_lr: float = 1e-3
@@ -54,7 +55,8 @@ class BuildConfig:
 
     @classmethod
     def quick(cls) -> BuildConfig:
-        return cls(images=500, vae_steps=20, unet_steps=20, reader_steps=20, clip_steps=20, eval_images=10)
+        return cls(images=500, vae_steps=20, decoder_steps=20, unet_steps=20, reader_steps=20, clip_steps=20,
+                   eval_images=10)
 
 
 def bar(total: int, desc: str) -> tqdm:
@@ -95,6 +97,34 @@ def train_vae(cfg: BuildConfig, pixels: torch.Tensor):
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample(generator=gen)).sample
             loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + 1e-6 * post.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            pb.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            pb.update()
+    return vae.eval().requires_grad_(False)
+
+
+def finetune_decoder(cfg: BuildConfig, vae, pixels: torch.Tensor):
+    """More decoder training on whole 64 px images with the encoder frozen (as SD's own VAE
+    decoder was refined): the latent space the UNet learns is unchanged, and the decoder
+    unlearns what crops taught it wrongly (its norm and attention statistics differ between
+    a 32 px crop and a whole image, which shifted flat colours)."""
+    latents = encode(vae, pixels)
+    vae.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    vae.decoder.train()
+    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)
+    sched = cosine_lr(opt, cfg.decoder_steps)
+    gen = torch.Generator().manual_seed(cfg.seed + 12)
+    with bar(cfg.decoder_steps, "vae decoder") as pb:
+        for _ in range(cfg.decoder_steps):
+            idx = torch.randint(0, len(latents), (cfg.vae_batch,), generator=gen)
+            rec = vae.decode(latents[idx]).sample
+            loss = (rec - pixels[idx]).abs().mean() + ((rec - pixels[idx]) ** 2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -270,7 +300,7 @@ def clip_rank1(model, tokenizer, images, scenes: list[world.Scene], seed: int) -
 
 
 # ---- the whole build ------------------------------------------------------------------------
-STAGES = ("vae", "unet", "reader", "clip", "eval")
+STAGES = ("vae", "unet", "decoder", "reader", "clip", "eval")
 
 
 def build(cfg: BuildConfig, out: Path, stages: tuple[str, ...] = STAGES) -> dict | None:
@@ -309,9 +339,9 @@ def build(cfg: BuildConfig, out: Path, stages: tuple[str, ...] = STAGES) -> dict
 
     if "vae" in stages:
         started = time.time()
-        vae = train_vae(cfg, pixels)
-        state["vae_scaling_factor"] = float(1.0 / encode(vae, pixels[:2000]).std())
-        save_fp16(vae.state_dict(), out / "vae.safetensors")
+        save_fp16(train_vae(cfg, pixels).state_dict(), out / "vae.safetensors")
+        state["vae_scaling_factor"] = 1.0
+        state["vae_scaling_factor"] = float(1.0 / encode(vae_from_disk(), pixels[:2000]).std())
         timed("vae", started)
     if "unet" in stages:
         started = time.time()
@@ -321,6 +351,10 @@ def build(cfg: BuildConfig, out: Path, stages: tuple[str, ...] = STAGES) -> dict
         save_fp16(unet.state_dict(), out / "unet.safetensors")
         save_fp16(text_encoder.state_dict(), out / "text_encoder.safetensors")
         timed("unet", started)
+    if "decoder" in stages:  # independent of "unet" (the encoder is frozen): may run beside it
+        started = time.time()
+        save_fp16(finetune_decoder(cfg, vae_from_disk(), pixels[:6000]).state_dict(), out / "vae.safetensors")
+        timed("decoder", started)
     if "reader" in stages:
         started = time.time()
         save_fp16(train_reader(cfg, vae_from_disk()).state_dict(), out / "reader.safetensors")
@@ -409,12 +443,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=BuildConfig.seed)
     p.add_argument("--quick", action="store_true", help="a small smoke build (poor quality)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {', '.join(STAGES)}")
-    for name in ("images", "vae_steps", "unet_steps", "reader_steps", "clip_steps", "eval_images"):
+    for name in ("images", "vae_steps", "decoder_steps", "unet_steps", "reader_steps", "clip_steps", "eval_images"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     args = p.parse_args(argv)
     cfg = BuildConfig.quick() if args.quick else BuildConfig()
     cfg.seed = args.seed
-    for name in ("images", "vae_steps", "unet_steps", "reader_steps", "clip_steps", "eval_images"):
+    for name in ("images", "vae_steps", "decoder_steps", "unet_steps", "reader_steps", "clip_steps", "eval_images"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     build(cfg, args.out, tuple(x.strip() for x in args.stages.split(",") if x.strip()))

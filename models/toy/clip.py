@@ -47,7 +47,7 @@ def image_batch(images) -> torch.Tensor:
     """PIL images or float HWC [0, 1] arrays -> the CLIP's input batch [B, 3, 64, 64]."""
     import numpy as np
 
-    arrs = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 if hasattr(im, "convert") else im
-            for im in images]
+    arrs = [np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images]
+    arrs = [a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32) for a in arrs]
     x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float()
     return (x - 0.5) / 0.5

@@ -57,7 +57,9 @@ def toy_vae(scaling_factor: float = 1.0):
     return AutoencoderKL(
         block_out_channels=(16, 32, 32, 32),
         layers_per_block=1,
-        norm_num_groups=8,
+        # one group: GroupNorm with small groups subtracts each group's spatial mean, which on
+        # flat-colour images is most of the colour; one group keeps colour as a channel pattern
+        norm_num_groups=1,
         latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,

@@ -19,7 +19,8 @@ from torch import nn
 from models.toy.world import COLOUR_NAMES, COLOURS, SHAPES
 
 MASK_SIZE = 32
-OBJECT_DISTANCE = 90.0  # RGB distance (0..255 scale) from the background that counts as object
+OBJECT_DISTANCE = 45.0  # RGB distance (0..255) from the background that counts as object: about half
+# the closest two palette colours (orange and yellow, 86 apart), so blended edge pixels split evenly
 MIN_OBJECT_FRACTION = 0.01
 _PALETTE = np.array([COLOURS[n] for n in COLOUR_NAMES], dtype=np.float32)
 
