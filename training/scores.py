@@ -33,6 +33,7 @@ import torch
 
 from embeddings.embedding import Embedding
 from embeddings.formats import load_embedding
+from embeddings.kinds import kind_of
 from jobs import events
 from jobs.registry import Job
 from models.cache import get_model
@@ -128,10 +129,11 @@ class Scorer:
 
     def key(self, emb: Embedding) -> str:
         """The cache key: the vectors (not the name, which does not change the images) and the base key."""
-        h = hashlib.sha256(self._base_key.encode())
-        for k in sorted(emb.vectors):
-            h.update(k.encode())
-            h.update(emb.vectors[k].detach().float().cpu().contiguous().numpy().tobytes())
+        h = hashlib.sha256(self._base_key.encode() + str(emb.kind).encode())
+        for tensors in (emb.vectors, emb.parts):  # parts: a per-layer kind's own sets
+            for k in sorted(tensors):
+                h.update(k.encode())
+                h.update(tensors[k].detach().float().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:32]
 
     def images(self, emb: Embedding, should_stop: Callable[[], bool] | None = None) -> tuple[list, list]:
@@ -205,7 +207,7 @@ def score_live(st) -> None:
     if not live.baseline_done:
         live.baseline_done = True
         if not any(r.get("untrained") for r in st.run.read_scores()):
-            init = Embedding(st.emb.name, {k: v.detach().cpu() for k, v in st.init_vectors.items()}, st.origin)
+            init = kind_of(st.emb).rebuild(st.emb, st.init_vectors, step=st.origin, metadata=dict(st.emb.metadata))
             _record(st, live.scorer.score(init, st.origin, untrained=True, should_stop=stop))
     _record(st, live.scorer.score(st.live_embedding(st.step), st.step, should_stop=stop))
 
