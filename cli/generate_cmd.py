@@ -61,6 +61,7 @@ def run(args) -> int:
     from embeddings.library import EmbeddingLibrary
     from embeddings.prompt import PromptEncoder, generate, generate_style_mix
     from models.load import load_base_model
+    from training.device import place_for_generation
     from training.previews import make_scheduler
     from workspace.atomic import atomic_path
 
@@ -72,6 +73,7 @@ def run(args) -> int:
     width, height = parse_size(args.size)
     dd = data_dir(args)
     model = load_base_model(args.model, dd)
+    place_for_generation(model)
     lib = EmbeddingLibrary.for_data(dd, model.widths, model.tokenizers[0])
     lib.refresh()
     embs = list(lib.loaded().values())

@@ -348,8 +348,19 @@ def generate(model, prompt: str, embeddings: Mapping[str, Embedding] | list[Embe
             return callback_kwargs
 
         kwargs["callback_on_step_end"] = check
-    with routed(model.unet, layout):
-        return pipe(**kwargs).images[0]
+    # The VAE decodes where the UNet ran (training keeps it off the accelerator between previews);
+    # it goes back to where it was afterwards.
+    vae = model.vae
+    vae_at = next(vae.parameters())
+    vae_device, vae_dtype = vae_at.device, vae_at.dtype
+    if (vae_device, vae_dtype) != (device, model.unet.dtype):
+        vae.to(device=device, dtype=model.unet.dtype)
+    try:
+        with routed(model.unet, layout):
+            return pipe(**kwargs).images[0]
+    finally:
+        if (vae_device, vae_dtype) != (device, model.unet.dtype):
+            vae.to(device=vae_device, dtype=vae_dtype)
 
 
 def default_splits(layers: int, count: int = 5) -> list[int]:

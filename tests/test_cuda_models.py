@@ -95,10 +95,6 @@ def test_generate_on_cuda(data, name):
     assert images[0].tobytes() == images[1].tobytes()
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="known gap: training leaves the UNet on the GPU and the VAE on the CPU, and generate() "
-                          "runs the pipeline on the VAE's device; remove this mark once generate() places the VAE "
-                          "with the UNet")
 def test_generate_after_training_on_cuda(data, solid_dataset):
     """The Generate tab right after a run, on the model the run used (the cache shares it)."""
     model = load_base_model("tiny", data)
@@ -111,10 +107,6 @@ def test_generate_after_training_on_cuda(data, solid_dataset):
     image_is_picture(data.root / "after.png", (64, 64))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="known gap: the Generate tab runs on the device the cached model happens to be on (the "
-                          "CPU until a training run moved it); remove this mark once Generate places the model on "
-                          "the GPU")
 def test_generate_tab_uses_the_gpu(data, empty_cache):
     from ui.generate_tab import generate_images
     from ui.state import AppContext

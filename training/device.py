@@ -53,3 +53,22 @@ def choose_device(mixed_precision: str = "auto", device: str | torch.device | No
         mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
     return DevicePlan(dev, dtype, dtype, use_scaler=dtype == torch.float16)
+
+
+def place(model, plan: DevicePlan) -> None:
+    """Text encoders and UNet on the plan's device in its weight dtype: where training and
+    generation run. The VAE is left where it is: it comes to the device only to encode the
+    latent cache and to decode an image. The dtype is changed only when it differs (diffusers
+    warns on every cast)."""
+    for module in (*model.text_encoders, model.unet):
+        if next(module.parameters()).dtype != plan.weight_dtype:
+            module.to(device=plan.device, dtype=plan.weight_dtype)
+        else:
+            module.to(device=plan.device)
+
+
+def place_for_generation(model) -> None:
+    """Generate on the accelerator when there is one. A model already there is left as it is: the
+    process shares one loaded model, and a training run may be using it in its own precision."""
+    if next(model.unet.parameters()).device.type == "cpu":
+        place(model, choose_device())

@@ -58,7 +58,7 @@ from training.checkpoint import TrainState, capture_rng, load_bundle, restore_rn
 from training.config import ConfigError, TrainConfig
 from training.dataset import EpochSampler, PromptBuilder, check_dataset, load_pixels, scan_dataset
 from training.density import DensityPrior
-from training.device import DevicePlan, choose_device
+from training.device import DevicePlan, choose_device, place
 from training.distributed import DistContext
 from training.errors import TrainingError
 from training.evaluate import Evaluator, build_evaluator
@@ -166,9 +166,9 @@ class RunState:
     preview_rounds: int = 0
     unwritable_logs: set[Path] = field(default_factory=set)
     rank_rng: list[dict[str, Any]] = field(default_factory=list)  # every process's generators (main only)
+    routing: Any = None  # the kind's layer routing on the UNet (embeddings.kinds.Routing), or None
     scoring: Any = None  # training.scores.LiveScoring, built at the first CLIP score step
     auto_stop: str = ""  # why the run stops early (auto-stop); "" while it goes on
-    routing: Any = None  # the kind's layer routing on the UNet (embeddings.kinds.Routing), or None
 
     @property
     def main(self) -> bool:
@@ -463,8 +463,7 @@ def prepare(config: TrainConfig, model, data_dir: DataDir, job: Job, *, run: Run
 def _freeze_and_place(model, plan: DevicePlan, checkpointing: bool) -> None:
     """Frozen weights on the device in the compute dtype (checked: not one parameter trains)."""
     model.freeze()
-    for module in (*model.text_encoders, model.unet):
-        _move(module, plan.device, plan.weight_dtype)
+    place(model, plan)
     trainable = [n for m in (*model.text_encoders, model.unet, model.vae) for n, p in m.named_parameters()
                  if p.requires_grad]
     assert not trainable, f"model parameters must be frozen, found trainable: {trainable[:3]}"
@@ -714,14 +713,6 @@ def _eta(st: RunState, it_s: float) -> float | None:
             per_round = len(st.previews) * spec.steps * (2 if spec.cfg > 1 else 1) * scale / (3 * it_s)
         left += rounds * per_round
     return round(left, 1)
-
-
-def _move(module, device: torch.device, dtype: torch.dtype) -> None:
-    """Move a frozen module; the dtype only when it changes (diffusers warns on every cast)."""
-    if next(module.parameters()).dtype != dtype:
-        module.to(device=device, dtype=dtype)
-    else:
-        module.to(device=device)
 
 
 def _snapshot_state(vectors: dict[str, torch.Tensor], optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -15,6 +15,7 @@ import gradio as gr
 
 from embeddings.embedding import EmbeddingError
 from embeddings.prompt import PromptEncoder, generate, generate_style_mix, parse_splits
+from training.device import place_for_generation
 from ui.common import Refresh, fail, user_errors
 from ui.create_tab import model_dropdown, refresh_models
 from ui.state import AppContext
@@ -37,6 +38,7 @@ def generate_images(ctx: AppContext, model_spec: str, prompt: str, negative: str
     if not (prompt or "").strip():
         raise fail("Type a prompt first (use an embedding's name in it)")
     model = ctx.model(model_spec)
+    place_for_generation(model)
     embs, skipped = ctx.usable_embeddings(model)
     used = sorted(PromptEncoder.for_embeddings(model, embs).tokenize([prompt, negative or ""]).used) if embs else []
     w, h = _size(model, width), _size(model, height)
@@ -63,6 +65,7 @@ def style_mix_images(ctx: AppContext, model_spec: str, prompt: str, negative: st
     """A row of images across split points: `inner` (named in the prompt) on the coarse layers,
     `outer` on the outer N cross-attention layers at each end (embeddings.prompt.generate_style_mix)."""
     model = ctx.model(model_spec)
+    place_for_generation(model)
     embs, _skipped = ctx.usable_embeddings(model)
     by_name = {e.name.casefold(): e for e in embs}
     picked = []
