@@ -315,8 +315,18 @@ def save_png(emb: Embedding, path: Path, preview=None, *, caption: bool = True) 
 
 
 def _decode_b64_json(value: Any) -> Any:
+    """The chunk's payload; ValueError saying which layer is broken (base64, or the JSON inside)."""
     raw = value.encode("latin-1") if isinstance(value, str) else value
-    return parse_payload_json(base64.b64decode(raw, validate=False))
+    try:
+        payload = base64.b64decode(raw, validate=False)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"not base64: {e}") from None
+    if payload[:1] == b"\x80":
+        raise ValueError("base64 of a pickle, not of JSON (never unpickled)")
+    try:
+        return parse_payload_json(payload)
+    except (ValueError, TypeError, UnicodeError) as e:
+        raise ValueError(f"not JSON: {e}") from None
 
 
 def load_image_embedding(path: Path) -> Embedding:
