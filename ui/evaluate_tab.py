@@ -286,12 +286,14 @@ def build(ctx: AppContext) -> EvaluateTab:
     cmp_btn.click(on_compare, cmp_runs, [cmp_chart, cmp_table], api_visibility="private")
 
     def refresh(run_path, clip_spec):
+        # A dropdown shows its first choice when given none, and picking the shown run again is no
+        # change: so the run shown is drawn here, not only on change.
         runs = run_choices(ctx)
-        keep = run_path if any(v == run_path for _, v in runs) else None
+        keep = run_path if any(v == run_path for _, v in runs) else (runs[0][1] if runs else None)
         return (gr.Dropdown(choices=runs, value=keep), gr.Dropdown(choices=clip_choices(ctx), value=clip_spec or ""),
-                gr.Dropdown(choices=runs), clip_note(ctx, keep or "", clip_spec))
+                gr.Dropdown(choices=runs), clip_note(ctx, keep or "", clip_spec), *show(keep or ""))
 
-    return EvaluateTab(Refresh(refresh, [run, clip], [run, clip, cmp_runs, note]), timer)
+    return EvaluateTab(Refresh(refresh, [run, clip], [run, clip, cmp_runs, note, *run_outputs]), timer)
 
 
 __all__ = ["EvaluateTab", "build", "compare", "job_status", "promote_step", "run_choices", "show_run",
