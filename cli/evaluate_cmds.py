@@ -100,12 +100,12 @@ def run_evaluate(args) -> int:
         print_json(result.to_dict())
         return 0
     evals = dict(result.eval_loss)
-    print(f"{'step':>8}  {'likeness':>9}  {'editability':>11}  {'eval loss':>9}  time")
+    print(f"{'step':>13}  {'likeness':>9}  {'editability':>11}  {'eval loss':>9}  time")
     for s in result.scores:
         loss = f"{evals[s.step]:9.4f}" if s.step in evals and not s.untrained else " " * 9
         when = "cached" if s.cached else f"{s.seconds:.1f}s"
         label = f"{s.step} (untrained)" if s.untrained else str(s.step)
-        print(f"{label:>8}  {s.likeness:9.4f}  {s.editability:11.4f}  {loss}  {when}")
+        print(f"{label:>13}  {s.likeness:9.4f}  {s.editability:11.4f}  {loss}  {when}")
     print(f"suggested: {result.suggestion.words}")
     print(f"scores: {run.scores_csv}" + (f"; chart: {args.chart}" if args.chart else ""))
     if result.suggestion.step is not None:

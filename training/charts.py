@@ -35,7 +35,7 @@ def draw_panels(panels: Sequence[Panel], *, width: int = 760, panel_height: int 
     x0, x1 = (min(xs), max(xs)) if xs else (0, 1)
     if x1 == x0:
         x0, x1 = x0 - 1, x1 + 1
-    left, right, top, bottom = 64, 16, 26, 28
+    left, right, top, bottom = 76, 16, 26, 28
     for k, panel in enumerate(panels):
         oy = k * panel_height
         box = (left, oy + top, width - right, oy + panel_height - bottom)
@@ -55,7 +55,7 @@ def draw_panels(panels: Sequence[Panel], *, width: int = 760, panel_height: int 
                     box[3] - (y - y0) / (y1 - y0) * (box[3] - box[1]))
 
         for value, py in ((y1, box[1]), (y0, box[3] - 12)):
-            draw.text((4, py), f"{value:.4g}", fill=(90, 90, 90), font=font)
+            draw.text((4, py), f"{value:.4g}"[:11], fill=(90, 90, 90), font=font)
         draw.text((box[0], box[3] + 4), f"step {x0:g}", fill=(90, 90, 90), font=font)
         end = f"step {x1:g}"
         draw.text((box[2] - draw.textlength(end, font=font), box[3] + 4), end, fill=(90, 90, 90), font=font)
@@ -81,18 +81,21 @@ def draw_panels(panels: Sequence[Panel], *, width: int = 760, panel_height: int 
 
 
 def score_chart(scores, *, width: int = 760) -> Image.Image:
-    """A run's likeness and editability (one panel) and eval loss (another) against step, the
-    suggested step marked. `scores`: training.scores.RunScores."""
+    """A run's likeness, editability (with the untrained level and the share the suggestion must
+    keep) and eval loss against step, one panel each, the suggested step marked.
+    `scores`: training.scores.RunScores."""
     trained = scores.trained
-    panels = [Panel("CLIP scores", {"likeness": [(s.step, s.likeness) for s in trained],
-                                    "editability": [(s.step, s.editability) for s in trained]})]
+    edit = Panel("editability", {"editability": [(s.step, s.editability) for s in trained]})
     base = scores.baseline
     if base is not None and trained:
-        panels[0].series["untrained editability"] = [(trained[0].step, base.editability),
-                                                     (trained[-1].step, base.editability)]
-    panels.append(Panel("eval loss", {"eval loss": scores.eval_loss}))
+        ends = (trained[0].step, trained[-1].step)
+        edit.series["untrained"] = [(x, base.editability) for x in ends]
+        edit.series[f"{scores.threshold:.0%} of it"] = [(x, scores.threshold * base.editability) for x in ends]
+    panels = [Panel("likeness", {"likeness": [(s.step, s.likeness) for s in trained]}), edit,
+              Panel("eval loss", {"eval loss": scores.eval_loss})]
     step = scores.suggestion.step
-    return draw_panels(panels, width=width, mark_step=step, mark_label=f"suggested: step {step}" if step else "")
+    return draw_panels(panels, width=width, panel_height=170, mark_step=step,
+                       mark_label=f"suggested: step {step}" if step else "")
 
 
 def comparison_chart(comparison, *, width: int = 760) -> Image.Image:
