@@ -706,7 +706,10 @@ def build(ctx: AppContext, demo=None):
         return [*values, "", native]
 
     def refresh(e, d):
-        return gr.Dropdown(choices=ctx.embedding_names(), value=e), gr.Dropdown(choices=ctx.datasets(), value=d)
+        # Only the lists: an empty value is left alone, so a refresh racing the page's on_load (which
+        # fills the form with the run's settings) cannot blank what on_load set.
+        return (gr.Dropdown(choices=ctx.embedding_names(), **({"value": e} if e else {})),
+                gr.Dropdown(choices=ctx.datasets(), **({"value": d} if d else {})))
 
     if demo is not None:
         demo.load(on_load, comps["model"], [*form, restored, auto_resolution], api_visibility="private",
