@@ -79,6 +79,11 @@ class BuiltinModel:
     family: str
     widths: dict[str, int]
     native_size: int = 64  # built-ins are tiny: 64 px images (8x8 latents)
+    label: str = ""  # what the model list says about a built-in with trained weights (empty: random)
+
+    @property
+    def random_weights(self) -> bool:
+        return not self.label
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -86,6 +91,8 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "tiny-sdxl": BuiltinModel("tiny-sdxl", "sdxl", {CLIP_L: 32, CLIP_G: 64}),
     # SD 2.x v-prediction at toy width; 48 is no other model's width, so a lone 48-wide tensor is CLIP-H.
     "tiny-sd2v": BuiltinModel("tiny-sd2v", "sd2", {CLIP_H: 48}),
+    # trained on a world of shapes and colours (models/toy), so embeddings visibly learn on it
+    "toy": BuiltinModel("toy", "sd1", {CLIP_L: 64}, label="built-in toy model: shapes and colours"),
 }
 
 

@@ -56,7 +56,7 @@ def discover_models(
     downloads) are left out; pass `skipped=[]` to learn which and why.
     """
     found = [
-        ModelInfo(name=b.name, spec=b.name, kind="builtin", family=b.family, note=BUILTIN_NOTE)
+        ModelInfo(name=b.name, spec=b.name, kind="builtin", family=b.family, note=b.label or BUILTIN_NOTE)
         for b in BUILTIN_MODELS.values()
     ]
     for folder in data_dir.model_folders:  # the data folder's, then other installs' (read in place)

@@ -18,6 +18,7 @@ from models.hashing import short_hash
 from models.single_file import load_single_file
 from models.tiny import ensure_tiny_model, ensure_tiny_sd2v_model, ensure_tiny_sdxl_model
 from models.tokenizer import load_clip_tokenizer
+from models.toy import ensure_toy_model
 from workspace.datadir import DataDir
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -25,13 +26,15 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 def load_builtin_model(name: str, data_dir: DataDir) -> BaseModel:
     """`tiny` (SD 1.x layout), `tiny-sdxl` or `tiny-sd2v` (SD 2.x, v-prediction): random weights,
-    built once into the cache, then loaded like any diffusers folder."""
+    built once into the cache, then loaded like any diffusers folder. `toy`: the same, from its
+    shipped trained weights (models/toy)."""
     ensure = {"tiny": ensure_tiny_model, "tiny-sdxl": ensure_tiny_sdxl_model,
-              "tiny-sd2v": ensure_tiny_sd2v_model}.get(name)
+              "tiny-sd2v": ensure_tiny_sd2v_model, "toy": ensure_toy_model}.get(name)
     if ensure is None:
         raise ModelError(f"{name}: no such built-in model (choose from {', '.join(BUILTIN_MODELS)})")
     folder = ensure(data_dir.cache)
-    return load_diffusers_folder(folder, name=name, source="builtin", random_weights=True, cache_dir=data_dir.cache)
+    return load_diffusers_folder(folder, name=name, source="builtin", random_weights=BUILTIN_MODELS[name].random_weights,
+                                 cache_dir=data_dir.cache)
 
 
 def load_base_model(spec: str, data_dir: DataDir) -> BaseModel:

@@ -47,7 +47,7 @@ def test_discovery_lists_builtins_folder_models_and_hub_cache(data, models_folde
     skipped = []
     found = discover_models(data, hf_cache=models_folder, skipped=skipped)
     by_name = {m.name: m for m in found}
-    assert [m.name for m in found] == ["tiny", "tiny-sdxl", "tiny-sd2v", "my-sd2", "old.ckpt", "sdxl/my-xl.safetensors",
+    assert [m.name for m in found] == ["tiny", "tiny-sdxl", "tiny-sd2v", "toy", "my-sd2", "old.ckpt", "sdxl/my-xl.safetensors",
                                        "someone/xl-model"]
     assert by_name["tiny"].kind == "builtin" and "random weights" in by_name["tiny"].note
     assert by_name["tiny-sdxl"].family == "sdxl"
@@ -65,7 +65,7 @@ def test_discovery_lists_builtins_folder_models_and_hub_cache(data, models_folde
 
 
 def test_discovery_on_an_empty_data_folder(data, tmp_path):
-    assert [m.name for m in discover_models(data, hf_cache=tmp_path / "nothing")] == ["tiny", "tiny-sdxl", "tiny-sd2v"]
+    assert [m.name for m in discover_models(data, hf_cache=tmp_path / "nothing")] == ["tiny", "tiny-sdxl", "tiny-sd2v", "toy"]
 
 
 def test_hub_id_offline_gives_one_sentence_without_network(data, tmp_path, monkeypatch):
@@ -93,6 +93,7 @@ def test_cli_models_json(data, models_folder, monkeypatch, capsys):
         "tiny": ("builtin", "sd1"),
         "tiny-sdxl": ("builtin", "sdxl"),
         "tiny-sd2v": ("builtin", "sd2"),
+        "toy": ("builtin", "sd1"),
         "my-sd2": ("diffusers", "sd2"),
         "old.ckpt": ("single-file", None),
         "sdxl/my-xl.safetensors": ("single-file", "sdxl"),

@@ -18,7 +18,7 @@ from embeddings.embedding import EmbeddingError
 from embeddings.library import EmbeddingLibrary
 from jobs.registry import JobRegistry
 from models.cache import get_model
-from models.discovery import ModelInfo, discover_models
+from models.discovery import BUILTIN_NOTE, ModelInfo, discover_models
 from models.tokenizer import load_clip_tokenizer, write_clip_tokenizer
 from workspace.datadir import DataDir
 
@@ -128,5 +128,5 @@ def _model_label(info: ModelInfo) -> str:
     """The dropdown label: name, [family, kind], and a note on the built-in random-weight models."""
     parts = [info.name, f"[{', '.join(x for x in (info.family, info.kind) if x)}]"]
     if info.kind == "builtin":
-        parts.append(BUILTIN_TAG)
+        parts.append(BUILTIN_TAG if info.note == BUILTIN_NOTE else f"({info.note})")
     return " ".join(parts)

@@ -1,7 +1,7 @@
 """The planted concept: a shape-colour pair the toy model never saw, as a small TI dataset and a score.
 
 Used by the learning test and the planted-concept benchmark, so both plant the same thing and
-score it the same way: eight images of `world.PLANTED` (a purple star) on different backgrounds,
+score it the same way: eight images of `world.PLANTED` (a blue circle) on different backgrounds,
 captioned with their background only, so the embedding has to carry the concept itself; the
 score is the share of seeds whose generation the attribute reader sees as the concept.
 """
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m models.toy.planted DIR`: write the planted-concept dataset (for trying the workflow)."""
     import argparse
 
-    p = argparse.ArgumentParser(description="write the toy world's planted-concept dataset: 8 purple stars")
+    p = argparse.ArgumentParser(description="write the toy world's planted-concept dataset (8 images)")
     p.add_argument("folder", type=Path)
     p.add_argument("-n", type=int, default=8)
     args = p.parse_args(argv)

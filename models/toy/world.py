@@ -40,7 +40,7 @@ HELD_OUT: frozenset[tuple[str, str]] = frozenset(
     {("circle", "blue"), ("square", "orange"), ("triangle", "white"), ("star", "purple"), ("ring", "yellow")}
 )
 # The concept planted by the learning test and the benchmark: a held-out pair.
-PLANTED = ("star", "purple")
+PLANTED = ("circle", "blue")
 assert PLANTED in HELD_OUT
 
 
