@@ -135,6 +135,25 @@ def finetune_decoder(cfg: BuildConfig, vae, pixels: torch.Tensor):
 
 
 @torch.no_grad()
+def normalize_latent_channels(vae, pixels: torch.Tensor):
+    """Fold a per-channel shift and scale into the VAE's 1x1 quant convs so every latent channel
+    has mean 0 and std 1 on the world; decoded images are exactly the same. Without it the
+    low-variance channels (which carry the colour differences here) drown in the diffusion
+    noise long before the others, and the UNet follows shape words but not colour words."""
+    z = encode(vae, pixels)
+    mu, sd = z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))
+    q, pq = vae.quant_conv, vae.post_quant_conv
+    n = len(mu)
+    pq.bias += pq.weight[:, :, 0, 0] @ mu
+    pq.weight *= sd.view(1, n, 1, 1)
+    q.weight[:n] /= sd.view(n, 1, 1, 1)
+    q.bias[:n] = (q.bias[:n] - mu) / sd
+    q.bias[n:] -= 2 * torch.log(sd)  # log-variance follows the scale
+    vae.register_to_config(scaling_factor=1.0)
+    return vae
+
+
+@torch.no_grad()
 def encode(vae, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return torch.cat([vae.encode(pixels[i:i + batch]).latent_dist.mode() for i in range(0, len(pixels), batch)])
 
@@ -300,7 +319,7 @@ def clip_rank1(model, tokenizer, images, scenes: list[world.Scene], seed: int) -
 
 
 # ---- the whole build ------------------------------------------------------------------------
-STAGES = ("vae", "unet", "decoder", "reader", "clip", "eval")
+STAGES = ("vae", "decoder", "unet", "reader", "clip", "eval")
 
 
 def build(cfg: BuildConfig, out: Path, stages: tuple[str, ...] = STAGES) -> dict | None:
@@ -343,6 +362,12 @@ def build(cfg: BuildConfig, out: Path, stages: tuple[str, ...] = STAGES) -> dict
         state["vae_scaling_factor"] = 1.0
         state["vae_scaling_factor"] = float(1.0 / encode(vae_from_disk(), pixels[:2000]).std())
         timed("vae", started)
+    if "decoder" in stages:
+        started = time.time()
+        vae = normalize_latent_channels(finetune_decoder(cfg, vae_from_disk(), pixels[:6000]), pixels[:2000])
+        save_fp16(vae.state_dict(), out / "vae.safetensors")
+        state["vae_scaling_factor"] = 1.0
+        timed("decoder", started)
     if "unet" in stages:
         started = time.time()
         vae = vae_from_disk()
@@ -351,10 +376,6 @@ def build(cfg: BuildConfig, out: Path, stages: tuple[str, ...] = STAGES) -> dict
         save_fp16(unet.state_dict(), out / "unet.safetensors")
         save_fp16(text_encoder.state_dict(), out / "text_encoder.safetensors")
         timed("unet", started)
-    if "decoder" in stages:  # independent of "unet" (the encoder is frozen): may run beside it
-        started = time.time()
-        save_fp16(finetune_decoder(cfg, vae_from_disk(), pixels[:6000]).state_dict(), out / "vae.safetensors")
-        timed("decoder", started)
     if "reader" in stages:
         started = time.time()
         save_fp16(train_reader(cfg, vae_from_disk()).state_dict(), out / "reader.safetensors")
