@@ -94,7 +94,7 @@ def test_likeness_rises_over_the_learning_run_and_the_suggested_step_shows_the_c
         max_bucket=128, lr="0.02", lr_kind="constant", max_steps=120, batch_size=4, save_every=40, preview_every=0,
         not_learning_steps=0, template=str(planted_dataset.parent / "planted_template.txt"), seed=5,
         score_every=40, clip_model="toy", score_prompts=["a [name] on a blue background"],
-        edit_prompts=["a [name] on a green background", "a [name] on a white background"], class_word="star",
+        edit_prompts=["a [name] on a green background", "a [name] on a white background"], class_word=world.PLANTED[0],
         score_seeds=[0, 1], score_steps=12, preview_cfg=4.0))
     run = RunFolder(Path(train(cfg, toy_model, data)["run_dir"]))
     rs = evaluate_run(run, data, model=toy_model)  # the steps scored in training come from the cache
