@@ -26,12 +26,12 @@ from jobs import events
 from jobs.registry import Job
 from models.cache import get_model
 from training.config import TrainConfig
-from training.device import choose_device
+from training.device import choose_device, place
 from training.errors import TrainingError
 from training.outputs import find_snapshot
 from training.previews import PreviewSpec, preview_image
 from training.run_folder import RunFolder
-from training.scores import base_name, place_model
+from training.scores import base_name
 from training.templates import render
 from workspace.atomic import atomic_path
 from workspace.datadir import DataDir
@@ -191,7 +191,7 @@ def grid_for_run(run: RunFolder, data_dir: DataDir, steps: Sequence[int], *, see
         if job is not None:
             job.progress(0, 1, phase="loading")
         model = get_model(config.model, data_dir)
-    place_model(model, plan)
+    place(model, plan)
     on_cell = (lambda done, total: job.progress(done, total, phase="grid")) if job is not None else None
     grid = render_grid(model, embeddings, spec, device=plan.device, dtype=plan.weight_dtype, on_cell=on_cell,
                        should_stop=(lambda: job.stop_requested) if job is not None else None)

@@ -42,7 +42,7 @@ from preprocessing.images import open_image
 from training.best_step import ScorePoint, Suggestion, auto_stop_reason, suggest_best
 from training.config import TrainConfig
 from training.dataset import scan_dataset
-from training.device import choose_device
+from training.device import choose_device, place
 from training.errors import TrainingError
 from training.outputs import SNAPSHOT_DIGITS
 from training.previews import PreviewSpec, preview_image
@@ -350,7 +350,7 @@ def evaluate_run(run: RunFolder, data_dir: DataDir, job: Job | None = None, *,
     init_text = next((str(e.metadata.get("init_text", "")) for e, u in todo if u), "") or \
         str(todo[0][0].metadata.get("init_text", ""))
     settings = ScoreSettings.from_config(config, init_text)
-    place_model(model, plan)
+    place(model, plan)
     scorer = Scorer(model, clip, settings, reference_images(config, data_dir), device=plan.device,
                     dtype=plan.weight_dtype, cache=run.score_cache)
     job.message(f"evaluating {len(todo)} embedding(s) of {run.name} with {clip.name}: "
@@ -373,15 +373,6 @@ def evaluate_run(run: RunFolder, data_dir: DataDir, job: Job | None = None, *,
     result.scores = [fresh.get((s.step, s.untrained), s) for s in result.scores]
     job.message(f"suggested: {result.suggestion.words}")
     return result
-
-
-def place_model(model, plan) -> None:
-    """The base model's UNet and text encoders on the device that generates, in its weight dtype
-    (a fresh model loads on the CPU; the VAE comes over per image: previews.preview_image)."""
-    for module in (model.unet, *model.text_encoders):
-        param = next(module.parameters())
-        if param.device != plan.device or param.dtype != plan.weight_dtype:
-            module.to(device=plan.device, dtype=plan.weight_dtype)
 
 
 def _merge_csv(run: RunFolder, new: list[Scores]) -> None:
