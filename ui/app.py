@@ -136,7 +136,7 @@ def _add_tabs(gr, ctx, demo) -> None:
     # browser already stops timers in a hidden window): polling costs CPU a run on a small machine
     # needs. The Train charts redraw on coming back.
     timers = [(t_pre, pre.timer), (t_train, train.timer)]
-    for tab in (t_create, t_pre, t_train, t_emb, t_gen):
+    for tab in (t_create, t_pre, t_train, t_eval, t_emb, t_gen):
         def only(shown=tab):
             return [gr.Timer(active=owner is shown) for owner, _ in timers]
 

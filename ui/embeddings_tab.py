@@ -201,7 +201,7 @@ def build(ctx: AppContext) -> Refresh:
     gr.Markdown("Every file in the embeddings folder. Skipped files say why.")
     lib_table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="emb_table",
                              label="Library (click a row to pick it)", elem_classes=["ti-rows"],
-                             column_widths=["14%", "7%", "10%", "6%", "12%", "16%", "8%", "27%"])
+                             column_widths=["13%", "6%", "9%", "5%", "10%", "15%", "7%", "25%", "10%"])
     refresh_btn = gr.Button("Refresh", size="sm", elem_id="emb_refresh")
     with gr.Row():
         with gr.Column(scale=2):
