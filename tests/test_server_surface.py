@@ -141,5 +141,13 @@ def test_two_tabs_press_start_at_once(tiny_model, data, tmp_path):
         assert "job(s) ahead" in next(r for r in replies if r.startswith("Queued"))
         jobs = app.ctx.registry.jobs("train")
         assert len(jobs) == 2 and [j.state.value for j in jobs].count("queued") == 1
+        # a third tab's poll: the job it shows, and the rest of the queue after it
+        from jobs.view import view_of
+        from ui.train_tab import current_job, queue_note, status_markdown
+
+        shown = current_job(app.ctx)
+        third = status_markdown(view_of(shown.events(), shown.title)) + queue_note(app.ctx, shown)
+        assert all(j.title in third for j in jobs), third
+        assert "Also in the queue" in third
         for j in jobs:
             j.request_stop()

@@ -228,6 +228,15 @@ def current_job(ctx: AppContext):
     return jobs[-1] if jobs else None
 
 
+def queue_note(ctx: AppContext, shown) -> str:
+    """The other training jobs beside the one shown (running or queued), so every tab sees the
+    whole queue: two tabs that pressed Start at once, and a third that only watches."""
+    others = [j for j in ctx.registry.jobs("train") if not j.state.done and j is not shown]
+    if not others:
+        return ""
+    return "\n\nAlso in the queue: " + "; ".join(f"**{j.title}** ({j.state.value})" for j in others)
+
+
 def live_view(view: JobView | None) -> LiveView:
     """Everything the page shows about a run, drawn from the one folded view of its events."""
     if view is None:
@@ -360,10 +369,11 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def poll_outputs(view: JobView | None, job_id: str | None, sent: Sent) -> list[Any]:
+def poll_outputs(view: JobView | None, job_id: str | None, sent: Sent, note: str = "") -> list[Any]:
     """[status, bar, chart delta, previews, log, downloads] for one tick: gr.skip() for each that
-    this tab already shows."""
+    this tab already shows. `note` follows the status (the rest of the queue)."""
     shown = live_view(view)
+    shown.status += note
     job_id = job_id or "none"
     delta = chart_delta(sent, job_id, shown.loss, shown.norms)
     out: list[Any] = []
@@ -687,7 +697,7 @@ def build(ctx: AppContext, demo=None):
         sent = sent if isinstance(sent, Sent) else Sent()
         job = current_job(ctx)
         view = views.get(job) if job is not None else None
-        return [*poll_outputs(view, job.id if job is not None else None, sent), sent]
+        return [*poll_outputs(view, job.id if job is not None else None, sent, queue_note(ctx, job)), sent]
 
     timer.tick(poll, sent_state, [status_md, bar, delta, gallery, log_box, downloads, sent_state],
                api_name="poll", api_visibility="undocumented", show_progress="hidden", concurrency_limit=None)
