@@ -39,12 +39,14 @@ ADVANCED: tuple[tuple[str, tuple[str, ...]], ...] = (
               "join_string")),
     ("Optimizer & schedule", ("more_steps", "warmup_steps", "min_lr", "grad_accum", "optimizer", "weight_decay",
                               "clip_mode", "clip_value", "seed")),
-    ("Text encoder & vectors", ("vector_shuffle", "shuffle_prob", "clip_skip")),
+    ("Text encoder & vectors", ("vector_shuffle", "shuffle_prob", "clip_skip", "density_weight")),
     ("Precision & speed", ("gradient_checkpointing", "mixed_precision")),
     ("Previews", ("preview_prompts", "preview_steps", "preview_cfg", "preview_scheduler", "preview_width", "preview_height",
                   "preview_seeds", "preview_negative")),
     ("Evaluation & health", ("tensorboard", "eval_every", "eval_images", "nan_patience", "not_learning_steps",
                              "not_learning_threshold")),
+    ("CLIP scores & auto-stop", ("score_every", "clip_model", "score_prompts", "edit_prompts", "class_word",
+                                 "score_seeds", "score_steps", "best_threshold", "auto_stop", "auto_stop_patience")),
     ("Snapshots", ("save_png_embeddings", "snapshot_formats", "run_name")),
 )
 TEXTS: dict[str, FieldText] = {key: FieldText(*text) for key, text in FIELD_TEXT.items()}
@@ -57,7 +59,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
 
     return {"lr_kind": c.LR_KINDS, "clip_mode": c.CLIP_MODES, "optimizer": c.OPTIMIZERS,
             "latent_sampling": c.LATENT_SAMPLING, "mixed_precision": c.MIXED_PRECISION,
-            "vector_shuffle": c.VECTOR_SHUFFLE, "preview_scheduler": c.PREVIEW_SCHEDULERS}
+            "vector_shuffle": c.VECTOR_SHUFFLE, "preview_scheduler": c.PREVIEW_SCHEDULERS, "auto_stop": c.AUTO_STOP}
 
 
 def _fields() -> list[tuple[str, Any, Any]]:
