@@ -67,18 +67,14 @@ def random_model_folder(which: str, weights_dir: Path) -> Path:
     from embeddings.families import FAMILIES
     from models.single_file import bundled_config_dir
     from models.tokenizer import write_clip_tokenizer
+    from workspace.atomic import build_folder_once
 
-    folder = weights_dir / f"{which}-random"
-    marker = folder / "bench_weights.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("version") == WEIGHTS_VERSION:
-        return folder
     family = FAMILY[which]
     cfg = bundled_config_dir(family)
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{which}-", dir=weights_dir))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    t0 = time.time()
-    try:
+
+    def build(staging: Path) -> None:
+        t0 = time.time()
         builders = {
             "unet": lambda: UNet2DConditionModel.from_config(json.loads((cfg / "unet" / "config.json").read_text())),
             "vae": lambda: AutoencoderKL.from_config(json.loads((cfg / "vae" / "config.json").read_text())),
@@ -87,25 +83,20 @@ def random_model_folder(which: str, weights_dir: Path) -> Path:
         if (cfg / "text_encoder_2").is_dir():
             builders["text_encoder_2"] = lambda: CLIPTextModelWithProjection(
                 CLIPTextConfig.from_pretrained(cfg / "text_encoder_2"))
-        for k, (name, build) in enumerate(builders.items()):  # one at a time: the SDXL UNet alone is 10 GB in fp32
+        for k, (name, make) in enumerate(builders.items()):  # one at a time: the SDXL UNet alone is 10 GB in fp32
             torch.manual_seed(k)
             with torch.device(device):
-                module = build()
+                module = make()
             module.to(torch.float16).save_pretrained(staging / name, safe_serialization=True)
             del module
         shutil.copytree(cfg / "scheduler", staging / "scheduler")
         shutil.copy2(cfg / "model_index.json", staging / "model_index.json")
         for k, pad in enumerate(FAMILIES[family].pad_tokens):
             write_clip_tokenizer(staging / ("tokenizer" if k == 0 else f"tokenizer_{k + 1}"), pad_token=pad)
-        (staging / "bench_weights.json").write_text(json.dumps({"version": WEIGHTS_VERSION, "note": "random"}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    print(f"built {folder} in {time.time() - t0:.0f}s", file=sys.stderr)
-    return folder
+        print(f"built {which} random weights in {time.time() - t0:.0f}s", file=sys.stderr)
+
+    return build_folder_once(weights_dir / f"{which}-random", "bench_weights.json",
+                             {"version": WEIGHTS_VERSION, "note": "random"}, build)
 
 
 def load_model(which: str, data_dir, weights_dir: Path):

@@ -10,15 +10,13 @@ for trying the workflow and for tests. diffusers and transformers are imported o
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from embeddings.families import BUILTIN_MODELS, CLIP_G, CLIP_H, CLIP_L, FAMILIES
 from models.tokenizer import load_clip_tokenizer, write_clip_tokenizer
+from workspace.atomic import build_folder_once
 
 TINY = BUILTIN_MODELS["tiny"]
 TINY_SDXL = BUILTIN_MODELS["tiny-sdxl"]
@@ -268,26 +266,6 @@ def _save_tiny_sdxl(staging: Path) -> None:
 
 
 def _ensure_builtin(cache_dir: Path, name: str, version: int, save) -> Path:
-    """Build a built-in model into a staging folder and rename it into place (atomic)."""
-    folder = cache_dir / "models" / name
-    marker = folder / "tiny_model.json"
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()).get("version") == version:
-                return folder
-        except (OSError, ValueError):
-            pass
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
-    try:
-        save(staging)
-        (staging / "tiny_model.json").write_text(
-            json.dumps({"version": version, "seed": TINY_SEED, "note": "random weights"})
-        )
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    """Build a built-in model into the cache once per version (atomic: staging folder, then rename)."""
+    return build_folder_once(cache_dir / "models" / name, "tiny_model.json",
+                             {"version": version, "seed": TINY_SEED, "note": "random weights"}, save)

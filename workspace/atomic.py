@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import errno as _errno
+import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -258,3 +260,31 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def build_folder_once(folder: Path, marker: str, stamp: dict, build: Callable[[Path], None]) -> Path:
+    """`folder`, built by `build(staging)` unless its `marker` file already holds `stamp`.
+
+    For folders made by a program rather than a user (built-in models, benchmark weights): the
+    build goes into a hidden staging folder beside `folder`, the marker is written last, and the
+    staging folder is renamed into place, so a kill mid-build leaves no half folder that looks
+    finished, and a changed `stamp` (a new version, new weight hashes) rebuilds it."""
+    folder = Path(folder)
+    try:
+        held = json.loads((folder / marker).read_text())
+        if isinstance(held, dict) and all(held.get(k) == v for k, v in stamp.items()):
+            return folder
+    except (OSError, ValueError):
+        pass
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        build(staging)
+        (staging / marker).write_text(json.dumps(stamp))
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder

@@ -9,12 +9,10 @@ Rebuild them with `python -m models.toy.build`.
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from models.toy.weights import WEIGHTS_DIR, verify
+from workspace.atomic import build_folder_once
 
 TOY_NAME = "toy"
 TOY_LABEL = "built-in toy model: shapes and colours"
@@ -25,26 +23,8 @@ def ensure_toy_model(cache_dir: Path, weights: Path = WEIGHTS_DIR) -> Path:
     """The diffusers folder `cache_dir/models/toy`, (re)built from the shipped weights when they changed."""
     manifest = verify(weights)
     version = {name: f["sha256"] for name, f in manifest["files"].items()}
-    folder = cache_dir / "models" / TOY_NAME
-    marker = folder / MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()).get("weights") == version:
-                return folder
-        except (OSError, ValueError):
-            pass
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{TOY_NAME}-", dir=folder.parent))
-    try:
-        _save_pipeline(staging, weights, manifest)
-        (staging / MARKER).write_text(json.dumps({"weights": version, "note": TOY_LABEL}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return build_folder_once(cache_dir / "models" / TOY_NAME, MARKER, {"weights": version, "note": TOY_LABEL},
+                             lambda staging: _save_pipeline(staging, weights, manifest))
 
 
 def _save_pipeline(staging: Path, weights: Path, manifest: dict) -> None:
