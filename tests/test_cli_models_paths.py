@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from cli import main
+from embeddings.families import BUILTIN_MODELS
 from embeddings.formats import FORMATS, load_embedding
 from models.load import load_base_model
 from models.tiny import ensure_tiny_model
@@ -101,7 +102,8 @@ def test_models_json_lists_folder_and_file(data, model_paths, capsys, tmp_path, 
     code, out, _ = run(capsys, "--data-dir", str(data.root), "models", "--json")
     assert code == 0
     listed = {m["name"]: m for m in json.loads(out)}
-    assert set(listed) == {"tiny", "tiny-sdxl", "tiny-sd2v", "my-tiny", "tiny-file.safetensors"}
+    assert set(listed) == {*BUILTIN_MODELS, "my-tiny", "tiny-file.safetensors"}
+    assert {"tiny", "tiny-sdxl", "tiny-sd2v", "toy"} <= set(BUILTIN_MODELS)
     assert (listed["my-tiny"]["kind"], listed["my-tiny"]["family"]) == ("diffusers", "sd1")
     single = listed["tiny-file.safetensors"]
     assert (single["kind"], single["family"]) == ("single-file", "sd1")
