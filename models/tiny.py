@@ -49,8 +49,17 @@ def tiny_vae(seed: int, scaling_factor: float = 0.18215):
     )
 
 
+def sd_ddim_scheduler(**overrides):
+    """DDIM with Stable Diffusion's own noise schedule (scaled-linear betas 0.00085..0.012, the
+    settings SD checkpoints ship with); `overrides` e.g. prediction_type="v_prediction"."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1, **overrides)
+
+
 def tiny_components(seed: int = TINY_SEED) -> dict:
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -81,14 +90,7 @@ def tiny_components(seed: int = TINY_SEED) -> dict:
         cross_attention_dim=TEXT_WIDTH,
     )
     vae = tiny_vae(seed + 2)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = sd_ddim_scheduler()
     return {"text_encoder": text_encoder, "unet": unet, "vae": vae, "scheduler": scheduler}
 
 
@@ -158,7 +160,7 @@ def tiny_sd2v_components(seed: int = TINY_SEED) -> dict:
     """SD 2.x (768-v) layout at toy width: one OpenCLIP-H-style text encoder (gelu, "!" padding,
     its last layer is the one SD 2.x uses), a UNet with linear projections, per-level head counts
     and upcast attention, and a v-prediction scheduler."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     width = TINY_SD2V.widths[CLIP_H]
@@ -192,15 +194,7 @@ def tiny_sd2v_components(seed: int = TINY_SEED) -> dict:
         upcast_attention=True,
     )
     vae = tiny_vae(seed + 22)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="v_prediction",
-    )
+    scheduler = sd_ddim_scheduler(prediction_type="v_prediction")
     return {"text_encoder": text_encoder, "unet": unet, "vae": vae, "scheduler": scheduler}
 
 
