@@ -12,6 +12,7 @@ from embeddings.formats import load_embedding, save_embedding
 from embeddings.kinds import KINDS, PER_LAYER, coarse_mask, install_routing, kind_of, layer_layout, routed, style_mix
 from embeddings.prompt import PromptEncoder, generate
 from jobs.registry import Job
+from models.load import load_base_model
 from training.checkpoint import load_bundle
 from training.loss import denoise_loss
 from training.run_folder import RunFolder
@@ -199,10 +200,13 @@ def test_chosen_group_as_standard_part(tiny_model, tmp_path):
     assert load_embedding(save_embedding(pl, tmp_path / "z.safetensors")).equal(pl)
 
 
-def test_standard_part_loads_in_diffusers(tiny_model, tmp_path):
-    pl = _varied(PER_LAYER.make(_std(tiny_model), tiny_model.unet))
+def test_standard_part_loads_in_diffusers(data, tmp_path):
+    # a model of its own: diffusers resizes the text encoder (and its config) when it adds tokens,
+    # which must not leak into the session's shared tiny model
+    model = load_base_model("tiny", data)
+    pl = _varied(PER_LAYER.make(_std(model), model.unet))
     path = save_embedding(pl, tmp_path / "zork.safetensors")
-    pipe = tiny_model.pipeline()
+    pipe = model.pipeline()
     tokenizer, te = pipe.tokenizer, pipe.text_encoder
     n_tokens = len(tokenizer)
     try:
@@ -232,7 +236,6 @@ def test_stock_pipeline_function_matches_generate(tiny_model):
 
 
 def test_sdxl_per_block_routing_and_training_step(data, tmp_path):
-    from models.load import load_base_model
 
     xl = load_base_model("tiny-sdxl", data)
     pl = _varied(PER_LAYER.make(_std(xl), xl.unet))
@@ -268,7 +271,6 @@ def test_style_mix_takes_each_layer_from_one_embedding(tiny_model):
 
 
 def test_embedding_made_for_another_unet_is_refused(tiny_model, data):
-    from models.load import load_base_model
 
     xl = load_base_model("tiny-sdxl", data)
     pl = PER_LAYER.make(_std(xl), xl.unet)
@@ -280,7 +282,6 @@ def test_embedding_made_for_another_unet_is_refused(tiny_model, data):
 def test_sdxl_per_layer_trains(data, solid_dataset):
     from train_fixtures import tiny_config
 
-    from models.load import load_base_model
 
     xl = load_base_model("tiny-sdxl", data)
     save_embedding(PER_LAYER.make(_std(xl, "flatcol"), xl.unet), data.embeddings / "flatcol.safetensors")
