@@ -83,7 +83,8 @@ def test_images_through_the_cli(tmp_path):
     _check_exif_outputs_any(dst)
     # bounded memory: a decoded 30000x30000 bomb alone would be 2.7 GB
     peak = [int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KIB ")]
-    assert peak and peak[0] < 1_500_000, proc.stderr[-2000:]  # this process's own peak, not earlier children's
+    # this process's own peak: ~1.5 GB with torch loaded; a decoded bomb would add 2.6 GB on top
+    assert peak and peak[0] < 2_500_000, proc.stderr[-2000:]
 
 
 def _check_exif_outputs_any(dst: Path) -> None:
