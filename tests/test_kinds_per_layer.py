@@ -51,7 +51,7 @@ def test_layouts_from_the_unets_own_modules(tiny_model):
 
 
 def test_registry_lists_kinds_with_a_line_each():
-    assert list(KINDS) == ["standard", "per-layer"]
+    assert list(KINDS)[:2] == ["standard", "per-layer"]  # later kinds follow
     assert all(k.summary and k.label for k in KINDS.values())
 
 

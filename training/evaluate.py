@@ -9,7 +9,7 @@ training images better. It is also the proof, in the tests, that training really
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -33,12 +33,15 @@ class Evaluator:
         seed: int,
         timesteps_per_image: int = 4,
         added_time_ids: Sequence[torch.Tensor | None] | None = None,
+        at_timesteps: Callable[[Mapping[str, torch.Tensor], torch.Tensor], Mapping[str, torch.Tensor]] | None = None,
     ):
+        """`at_timesteps`: a timed kind's vectors at a timestep (the trainer's `StepContext.at_timesteps`)."""
         self.model = model
         self.encoder = encoder
         self.noise_scheduler = noise_scheduler
         self.name = name
         self.plan = plan
+        self.at_timesteps = at_timesteps
         gen = torch.Generator(device="cpu").manual_seed(seed + 7919)
         steps = noise_scheduler.config.num_train_timesteps
         # Timesteps spread evenly over the whole range, the same for every image.
@@ -57,7 +60,8 @@ class Evaluator:
         device = self.plan.device
         for (lat, prompt, t, noise, time_ids), tp in zip(self.items, self.tokenized, strict=True):
             with self.plan.autocast():
-                cond = self.encoder.encode([prompt], {self.name: vectors}, tokenized=tp)
+                vecs = vectors if self.at_timesteps is None else self.at_timesteps(vectors, torch.tensor([t]))
+                cond = self.encoder.encode([prompt], {self.name: vecs}, tokenized=tp)
                 loss = denoise_loss(
                     self.model, self.noise_scheduler, lat[None].to(device), noise[None].to(device),
                     torch.tensor([t], device=device), cond, time_ids=None if time_ids is None else time_ids[None],
@@ -66,7 +70,8 @@ class Evaluator:
         return total / max(1, len(self.items))
 
 
-def build_evaluator(config, model, encoder, noise_scheduler, cache, records, lines, name, opts, plan) -> Evaluator:
+def build_evaluator(config, model, encoder, noise_scheduler, cache, records, lines, name, opts, plan, *,
+                    at_timesteps=None) -> Evaluator:
     """The run's evaluator: the first `eval_images` images with prompts built by a generator of its
     own (so evaluation never shifts the training prompts' random stream)."""
     count = min(config.eval_images, len(records))
@@ -78,4 +83,4 @@ def build_evaluator(config, model, encoder, noise_scheduler, cache, records, lin
         time_ids = [sdxl_time_ids([(records[i].height, records[i].width)], lat.shape[-2:], model.vae_scale_factor,
                                   plan.device)[0] for i, lat in enumerate(latents)]
     return Evaluator(model, encoder, noise_scheduler, latents, prompts, name, plan=plan, seed=config.seed,
-                     added_time_ids=time_ids)
+                     added_time_ids=time_ids, at_timesteps=at_timesteps)

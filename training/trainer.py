@@ -34,6 +34,7 @@ for the last two) and fresh_optimizer.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 import shutil
@@ -48,10 +49,10 @@ import torch
 from diffusers import DDPMScheduler
 
 from embeddings.embedding import Embedding, EmbeddingError
-from embeddings.formats import save_embedding
+from embeddings.formats import save_embedding, writable_formats
 from embeddings.kinds import get_kind, install_routing, kind_of
 from embeddings.library import EmbeddingLibrary
-from embeddings.prompt import GenerationStopped, PromptEncoder
+from embeddings.prompt import ALIAS_SEP, GenerationStopped, PromptEncoder
 from jobs import events
 from jobs.registry import Job
 from training.checkpoint import TrainState, capture_rng, load_bundle, restore_rng, rng_for_rank, save_bundle
@@ -120,6 +121,9 @@ class StepContext:
     prompt_rng: random.Random
     end: int
     density: DensityPrior | None = None  # the density regulariser (config.density_weight > 0)
+    # A timed kind (per-timestep): the trainable tensors -> each row's vectors at its timestep
+    # (`Kind.live_at`); None: the tensors are the conditioning as they are.
+    at_timesteps: Callable[[dict[str, torch.Tensor], torch.Tensor], dict[str, torch.Tensor]] | None = None
 
 
 @dataclass
@@ -269,7 +273,7 @@ class RunState:
             self.preview_seconds += time.time() - t0
             self.preview_rounds += 1
         self.job.progress(len(self.previews), len(self.previews), step=step, phase="preview")
-        if self.config.save_png_embeddings and self.previews:
+        if self.config.save_png_embeddings and self.previews and "png" in writable_formats(emb):
             try:
                 png = self.run.image_embeddings / f"{snapshot_name(emb.name, step)}.png"
                 first = self.run.previews / f"{snapshot_name(emb.name, step)}-0.png"
@@ -404,7 +408,7 @@ def prepare(config: TrainConfig, model, data_dir: DataDir, job: Job, *, run: Run
         layout = kind.layout(emb, model.unet)  # the layer routing this kind needs (None: every layer alike)
     except EmbeddingError as e:
         raise TrainingError(str(e)) from e
-    encoder = PromptEncoder(model, {emb.name: emb.num_vectors}, clip_skip=config.clip_skip, layout=layout)
+    encoder = PromptEncoder.for_embeddings(model, [emb], config.clip_skip, layout)
     if layout is not None:
         say(f"{kind.label}: {layout.size} {layout.grouping} group(s) over {len(layout.layers)} cross-attention layers")
 
@@ -414,9 +418,18 @@ def prepare(config: TrainConfig, model, data_dir: DataDir, job: Job, *, run: Run
                                   weight_decay=config.weight_decay)
     generator = torch.Generator(device="cpu").manual_seed(config.seed * 1000 + dist.rank)
     prompt_rng = random.Random(config.seed * 1000 + dist.rank)
-    density = (DensityPrior(model, config.density_weight, plan.device) if config.density_weight > 0 else None)
+    output_space = kind.encoder_inputs(emb) is not None  # direct: the vectors are not token embeddings
+    if config.density_weight > 0 and output_space:
+        warn(f"{kind.label}: the density regulariser pulls vectors towards token embeddings, and these vectors are "
+             "text-encoder outputs; it is off for this run")
+    density = (DensityPrior(model, config.density_weight, plan.device)
+               if config.density_weight > 0 and not output_space else None)
+    unwritable = [f for f in config.snapshot_formats if f not in writable_formats(emb)]
+    if unwritable:
+        warn(f"{kind.label}: no {', '.join(unwritable)} files (they would need a standard part); .safetensors only")
+    at_timesteps = functools.partial(kind.live_at, emb) if kind.timed else None
     ctx = StepContext(model, encoder, noise_scheduler, cache, records, PromptBuilder(lines, emb.name, opts, prompt_rng),
-                      emb.name, config, plan, generator, prompt_rng, end, density)
+                      emb.name, config, plan, generator, prompt_rng, end, density, at_timesteps)
     st = RunState(config, model, data_dir, job, run, dist, ctx, emb, source, start, end, target, origin,
                   lr_schedule, clip_schedule, vectors, init_vectors={k: v.detach().clone() for k, v in vectors.items()},
                   optimizer=optimizer, scaler=torch.amp.GradScaler("cuda") if plan.use_scaler else None, step=start)
@@ -449,7 +462,7 @@ def prepare(config: TrainConfig, model, data_dir: DataDir, job: Job, *, run: Run
         st.writer = _tensorboard(run) if config.tensorboard else None
         if config.eval_every:
             st.evaluator = build_evaluator(config, model, encoder, noise_scheduler, cache, records, lines, emb.name,
-                                           opts, plan)
+                                           opts, plan, at_timesteps=at_timesteps)
         some = next(iter(cache.entries.values())).mean
         st.previews = preview_specs(config, model, lines[0], emb.name, records[0].caption if records else "",
                                     tuple(some.shape[-2:]))
@@ -599,10 +612,12 @@ def micro_step(ctx: StepContext, idx: list[int], vectors: dict[str, torch.Tensor
             if order is None:
                 fixes.append((b, s, nm, k))
                 continue
-            alias = f"{nm}\x00{j}"
+            alias = f"{nm}{ALIAS_SEP}{j}"
             live[alias] = {key: v[..., order, :] for key, v in vectors.items()}
             fixes.append((b, s, alias, k))
         tp.fixes = fixes
+    if ctx.at_timesteps is not None:  # each row's blend at its own timestep, still one encoder pass
+        live = {nm: ctx.at_timesteps(v, timesteps) for nm, v in live.items()}
     time_ids = None
     if ctx.model.family == "sdxl":
         time_ids = sdxl_time_ids([(ctx.records[i].height, ctx.records[i].width) for i in idx],
@@ -623,7 +638,8 @@ def bookkeeping(st: RunState, outcome: Outcome) -> None:
     st.smoothed = outcome.loss if st.smoothed is None else 0.9 * st.smoothed + 0.1 * outcome.loss
     kind = kind_of(st.emb)
     norms = kind.norms(kind.rebuild(st.emb, st.vectors, step=step, metadata={}).vectors)  # the standard part
-    layer_norms = kind.norms(st.vectors) if st.emb.parts else None  # per group: the heat map
+    grouped = any(v.dim() > 2 for v in st.vectors.values())  # not a one-set kind (direct without groups)
+    layer_norms = kind.norms(st.vectors) if grouped else None  # per group: the heat map
     row: dict[str, Any] = {"step": step, "epoch": st.epoch, "loss": outcome.loss, "lr": outcome.lr}
     for k, ns in norms.items():
         row.update({f"norm_{k}_{i}": n for i, n in enumerate(ns)})

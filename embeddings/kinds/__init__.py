@@ -1,7 +1,9 @@
 """Embedding kinds: how an embedding's learned vectors condition the UNet.
 
 - `standard`: one set of vectors on every cross-attention layer (plain textual inversion);
-- `per-layer`: one set per group of cross-attention layers (P+ / XTI), routed by attention processors.
+- `per-layer`: one set per group of cross-attention layers (P+ / XTI), routed by attention processors;
+- `per-timestep`: anchor sets blended by the sample's denoising timestep (`Kind.timed`);
+- `direct` (experimental): vectors in the text encoder's output space, written over its outputs.
 
 Every caller asks the registry (`kind_of(emb)`, `KINDS`) instead of testing which kind it holds;
 a new kind is one module with a `Kind` subclass, added to `KINDS`. `conditioning_layout` decides
@@ -24,11 +26,13 @@ from embeddings.kinds.base import (
     decode_parts,
     encode_parts,
 )
+from embeddings.kinds.direct import DIRECT
 from embeddings.kinds.per_layer import PER_LAYER, coarse_mask, style_mix
+from embeddings.kinds.per_timestep import PER_TIMESTEP
 from embeddings.kinds.routing import LayerLayout, install_routing, layer_layout, routed
 from embeddings.kinds.standard import STANDARD
 
-KINDS: dict[str, Kind] = {k.name: k for k in (STANDARD, PER_LAYER)}
+KINDS: dict[str, Kind] = {k.name: k for k in (STANDARD, PER_LAYER, PER_TIMESTEP, DIRECT)}
 
 
 def get_kind(name: str) -> Kind:
@@ -78,6 +82,26 @@ def with_kind_fields(emb: Embedding, fields: dict[str, Any]) -> Embedding:
     return emb
 
 
-__all__ = ["KINDS", "KIND_FILE_KEYS", "Kind", "KindOption", "LayerLayout", "PER_LAYER", "STANDARD", "coarse_mask",
-           "conditioning_layout", "get_kind", "install_routing", "kind_fields", "kind_of", "layer_layout", "routed",
-           "style_mix", "with_kind_fields"]
+def without_standard_part(name: str, fields: dict[str, Any]) -> Embedding | None:
+    """The embedding in a file of a kind with no standard part (direct), built from the kind fields
+    alone (they are removed from `fields`); None when `fields` name no such kind."""
+    kind_name = fields.get(KIND_KEY)
+    if kind_name in (None, STANDARD.name) or get_kind(str(kind_name)).standard_part:
+        return None
+    kind = get_kind(str(fields.pop(KIND_KEY)))
+    info, parts = fields.pop(KIND_INFO_KEY, None), fields.pop(KIND_PARTS_KEY, None)
+    if not isinstance(info, dict) or parts is None:
+        raise EmbeddingError(f"a {kind_name} embedding without its {KIND_INFO_KEY} / {KIND_PARTS_KEY}")
+    tensors = decode_parts(parts)
+    if not tensors:
+        raise EmbeddingError(f"a {kind_name} embedding without vectors")
+    template = Embedding(name, {k: v.mean(dim=0) if v.dim() == 3 else v for k, v in tensors.items()},
+                         kind=kind.name, kind_info=info)
+    emb = kind.rebuild(template, tensors, step=0, metadata={})
+    kind.check(emb)
+    return emb
+
+
+__all__ = ["DIRECT", "KINDS", "KIND_FILE_KEYS", "Kind", "KindOption", "LayerLayout", "PER_LAYER", "PER_TIMESTEP", "STANDARD",
+           "coarse_mask", "conditioning_layout", "get_kind", "install_routing", "kind_fields", "kind_of", "layer_layout", "routed",
+           "style_mix", "with_kind_fields", "without_standard_part"]

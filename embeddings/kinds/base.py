@@ -8,7 +8,8 @@ formats, the library, the CLI and the UI ask the kind (`embeddings.kinds.kind_of
 of testing which kind they hold.
 
 Conditioning tensors (`Kind.condition`) are per encoder key either [n, width] (the same on every
-cross-attention layer) or [groups, n, width] (one set per group of a `LayerLayout`); the prompt
+cross-attention layer) or [groups, n, width] (one set per group of a `LayerLayout`); a timed kind
+(per-timestep) gives one set per prompt row, [B, 1, n, width] or [B, groups, n, width]. The prompt
 encoder turns them into one context for the UNet (`embeddings.prompt`).
 
 Files: a kind's extra tensors (`Embedding.parts`) are written as raw little-endian float32 in
@@ -57,9 +58,16 @@ class Kind:
     label: ClassVar[str]
     summary: ClassVar[str]  # one line: what it is and what it costs
     options: ClassVar[tuple[KindOption, ...]] = ()
+    # Conditioning that depends on the sample's denoising timestep (per-timestep): the trainer asks
+    # `live_at` per batch, generation `condition_at` per denoising step.
+    timed: ClassVar[bool] = False
+    # Whether `Embedding.vectors` is a standard embedding other tools load. Without one (direct),
+    # only our .safetensors holds the embedding (`embeddings.formats.writable_formats`).
+    standard_part: ClassVar[bool] = True
 
-    def make(self, standard: Embedding, unet, **options: str) -> Embedding:
-        """An embedding of this kind that starts from `standard`'s vectors everywhere."""
+    def make(self, standard: Embedding, unet, *, model=None, **options: str) -> Embedding:
+        """An embedding of this kind that starts from `standard`'s vectors everywhere. `model`
+        (tokenizers, text encoders) is for a kind that starts from the text encoder's outputs (direct)."""
         raise NotImplementedError
 
     def check(self, emb: Embedding) -> None:
@@ -81,6 +89,24 @@ class Kind:
     def condition(self, emb: Embedding, layout: LayerLayout | None) -> dict[str, torch.Tensor]:
         """Conditioning tensors for `layout`'s groups: [n, width] or [groups, n, width] per key."""
         raise NotImplementedError
+
+    def live_at(self, emb: Embedding, tensors: dict[str, torch.Tensor],
+                timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The trainer's conditioning tensors from the trainable `tensors` (live, with gradients) for a
+        batch whose rows are at `timesteps` [B]: per key [B, 1, n, width] (one set per row) for a timed
+        kind; the `tensors` themselves for the others."""
+        return tensors
+
+    def condition_at(self, emb: Embedding, layout: LayerLayout | None,
+                     timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`condition` for prompt rows at `timesteps` [B] (a timed kind: [B, 1 or groups, n, width])."""
+        return self.condition(emb, layout)
+
+    def encoder_inputs(self, emb: Embedding) -> dict[str, torch.Tensor] | None:
+        """None: the conditioning tensors are token embeddings, spliced into the text encoder's input.
+        A kind whose tensors live in the encoder's OUTPUT space (direct) gives what the encoder reads at
+        the embedding's slots instead ([n, width] per key); its tensors then replace the outputs there."""
+        return None
 
     def norms(self, tensors: dict[str, torch.Tensor]) -> dict[str, list]:
         """Norm of every learned vector: per key a list (standard) or a list per group (per-layer)."""

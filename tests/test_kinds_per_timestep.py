@@ -1,0 +1,302 @@
+"""Per-timestep embeddings: the blend, equivalence with standard, per-row vectors in one encoder pass,
+training (gradients, resume, guards, previews), files, per-step conditioning in `generate` and the
+stock-pipeline function, on the tiny models (plumbing); the planted timestep target on `toy`."""
+
+import numpy as np
+import pytest
+import torch
+
+from embeddings.create import create_embedding
+from embeddings.embedding import EmbeddingError
+from embeddings.formats import load_embedding, save_embedding
+from embeddings.kinds import KINDS, PER_TIMESTEP, kind_of
+from embeddings.kinds.per_timestep import anchor_timesteps, blend
+from embeddings.prompt import PromptEncoder, generate, prepare_conditioning, schedule_timesteps
+from jobs.registry import Job
+from models.load import load_base_model
+from training.checkpoint import load_bundle
+from training.run_folder import RunFolder
+from training.trainer import train
+
+pytest_plugins = ["train_fixtures"]
+
+
+def _std(model, name="zork", vectors=2):
+    return create_embedding(model, name, "cat", vectors)
+
+
+def _varied(emb, seed=0, scale=0.5):
+    """A per-timestep embedding whose anchors really differ."""
+    gen = torch.Generator().manual_seed(seed)
+    parts = {k: v + scale * torch.randn(v.shape, generator=gen) for k, v in emb.parts.items()}
+    return kind_of(emb).rebuild(emb, parts, step=emb.step, metadata=dict(emb.metadata))
+
+
+def _unet_out(model, cond, t=500, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    sample = torch.randn(cond.hidden.shape[0], 4, 8, 8, generator=gen)
+    with torch.no_grad():
+        return model.unet(sample, torch.full((cond.hidden.shape[0],), t), cond.hidden, return_dict=False)[0]
+
+
+def test_registered_with_options_and_made_from_a_standard_embedding(tiny_model):
+    assert KINDS["per-timestep"] is PER_TIMESTEP and PER_TIMESTEP.timed and PER_TIMESTEP.summary
+    assert {o.name for o in PER_TIMESTEP.options} == {"anchors", "standard_at"}
+    std = _std(tiny_model)
+    emb = PER_TIMESTEP.make(std, tiny_model.unet, anchors="3")
+    assert emb.parts["clip_l"].shape == (3, 2, 32)
+    assert emb.kind_info == {"timesteps": [0.0, 499.5, 999.0], "standard": 499.5}
+    assert all(torch.equal(a, std.vectors["clip_l"]) for a in emb.parts["clip_l"])
+    assert torch.equal(emb.vectors["clip_l"], std.vectors["clip_l"])
+    assert PER_TIMESTEP.make(std, tiny_model.unet).kind_info["timesteps"] == [0.0, 999.0]  # default: 2, ends
+    assert PER_TIMESTEP.make(std, tiny_model.unet, standard_at="250").kind_info["standard"] == 250.0
+    for bad, match in (({"anchors": "1"}, "2 to 10"), ({"anchors": "x"}, "whole number"),
+                       ({"standard_at": "1200"}, "within 0-999"), ({"standard_at": "late"}, "'mid'")):
+        with pytest.raises(EmbeddingError, match=match):
+            PER_TIMESTEP.make(std, tiny_model.unet, **bad)
+    broken = emb.copy(kind_info={**emb.kind_info, "timesteps": [0.0, 999.0, 500.0]})
+    with pytest.raises(EmbeddingError, match="increasing"):
+        PER_TIMESTEP.check(broken)
+
+
+def test_blend_between_anchors_is_exact():
+    at = anchor_timesteps(3)
+    gen = torch.Generator().manual_seed(0)
+    anchors = torch.randn(3, 2, 8, generator=gen, dtype=torch.float64)
+    # at an anchor's timestep: exactly that anchor; outside the anchors: the nearest one
+    out = blend(anchors, at, torch.tensor([0.0, 499.5, 999.0, -5.0, 2000.0]))
+    for row, k in zip(out, [0, 1, 2, 0, 2], strict=True):
+        assert torch.equal(row, anchors[k])
+    # between: (1 - w) * lower + w * upper with w the position between them
+    for t in (1.0, 100.0, 333.3, 499.4, 499.6, 750.0, 998.9):
+        k = 0 if t < 499.5 else 1
+        w = (t - at[k]) / (at[k + 1] - at[k])
+        want = (1 - w) * anchors[k] + w * anchors[k + 1]
+        assert torch.allclose(blend(anchors, at, torch.tensor([t], dtype=torch.float64))[0], want, rtol=0, atol=1e-12), t
+    # only the two neighbours are read: a NaN anchor elsewhere does not leak in
+    poisoned = anchors.clone()
+    poisoned[2] = float("nan")
+    assert torch.isfinite(blend(poisoned, at, torch.tensor([0.0, 250.0, 499.5]))).all()
+    # gradients reach the neighbours in proportion to their weights (float32, as in training)
+    live = anchors.float().clone().requires_grad_(True)
+    blend(live, at, torch.tensor([124.875])).sum().backward()  # a quarter of the way from 0 to 499.5
+    assert torch.allclose(live.grad[0], torch.full_like(live.grad[0], 0.75))
+    assert torch.allclose(live.grad[1], torch.full_like(live.grad[1], 0.25))
+    assert torch.equal(live.grad[2], torch.zeros_like(live.grad[2]))
+    # equal anchors give exactly their value at every timestep (no rounding from the weights)
+    same = anchors[:1].float().repeat(3, 1, 1)
+    ts = torch.linspace(0, 999, 97)
+    assert torch.equal(blend(same, at, ts), same[0].expand(97, -1, -1))
+
+
+def test_all_anchors_equal_gives_exactly_the_standard_unet_output(tiny_model):
+    std = _std(tiny_model)
+    emb = PER_TIMESTEP.make(std, tiny_model.unet, anchors="4")
+    prompts = ["a photo of zork", "zork on a table"]
+    enc = PromptEncoder(tiny_model, {"zork": 2})
+    plain = enc.encode(prompts, {"zork": std.vectors})
+    live = {k: v.clone().requires_grad_(True) for k, v in PER_TIMESTEP.trainable(emb).items()}
+    timesteps = torch.tensor([17, 733])
+    per_row = PER_TIMESTEP.live_at(emb, live, timesteps)
+    assert per_row["clip_l"].shape == (2, 1, 2, 32)
+    cond = enc.encode(prompts, {"zork": per_row})
+    assert torch.equal(cond.hidden, plain.hidden)
+    assert torch.equal(_unet_out(tiny_model, cond), _unet_out(tiny_model, plain))
+
+
+def test_each_row_gets_its_own_blend_in_one_encoder_pass(tiny_model):
+    emb = _varied(PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet))
+    enc = PromptEncoder(tiny_model, {"zork": 2})
+    calls = []
+    handle = tiny_model.text_encoders[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        cond = enc.encode(["a photo of zork"] * 3,
+                          {"zork": PER_TIMESTEP.condition_at(emb, None, torch.tensor([0.0, 999.0, 499.5]))})
+    finally:
+        handle.remove()
+    assert calls == [3]  # one pass, a row per prompt
+    for row, vectors in enumerate([emb.parts["clip_l"][0], emb.parts["clip_l"][1], emb.vectors["clip_l"]]):
+        alone = enc.encode(["a photo of zork"], {"zork": {"clip_l": vectors}})
+        assert torch.equal(cond.hidden[row:row + 1], alone.hidden), row
+    assert not torch.equal(cond.hidden[0], cond.hidden[1])
+
+
+def test_trains_anchors_apart_with_previews_eval_and_files(tiny_model, data, solid_dataset):
+    from train_fixtures import tiny_config
+
+    std = _std(tiny_model, "flatcol")
+    save_embedding(PER_TIMESTEP.make(std, tiny_model.unet, anchors="3"), data.embeddings / "flatcol.safetensors")
+    job = Job(id="pt", kind="train", title="pt")
+    out = train(tiny_config(data, solid_dataset, max_steps=3, eval_every=3, snapshot_formats=["safetensors", "pt"],
+                            preview_every=3, preview_steps=2, save_png_embeddings=True, batch_size=2),
+                tiny_model, data, job)
+    assert len(job.events("preview")) == 1  # previews render from the live per-timestep vectors
+    evals = [e.data["loss"] for e in job.events("eval")]
+    assert len(evals) == 2 and evals[0] != evals[1]
+    final = load_embedding(out["files"]["safetensors"])
+    assert final.kind == "per-timestep" and final.step == 3
+    parts = final.parts["clip_l"]
+    assert parts.shape == (3, 2, 32)
+    assert all(not torch.equal(parts[k], std.vectors["clip_l"]) for k in range(3))  # every anchor learned
+    assert not torch.equal(parts[0], parts[2])  # ... and they moved apart
+    assert torch.equal(final.vectors["clip_l"], parts[1])  # the standard part: the blend at mid (anchor 1)
+    pt = load_embedding(out["files"]["pt"])
+    assert pt.kind == "standard" and torch.equal(pt.vectors["clip_l"], final.vectors["clip_l"])
+    png = sorted((data.runs / out["run_dir"].split("/")[-1] / "image_embeddings").glob("*.png"))
+    assert png and load_embedding(png[-1]).kind == "per-timestep"
+    norms = job.events("norms")[-1].data
+    assert len(norms["layers"]["clip_l"]) == 3 and len(norms["layers"]["clip_l"][0]) == 2  # anchor x vector
+
+
+NOISY = dict(flip_p=0.5, latent_sampling="random", vector_shuffle="all", grad_accum=2, batch_size=2,
+             shuffle_tags=True, lr="0.02", lr_kind="cosine", warmup_steps=1, density_weight=0.01)
+
+
+def test_per_timestep_resume_is_bit_exact(tiny_model, data, solid_dataset):
+    from train_fixtures import tiny_config
+
+    def fresh():
+        save_embedding(PER_TIMESTEP.make(_std(tiny_model, "flatcol"), tiny_model.unet),
+                       data.embeddings / "flatcol.safetensors")
+
+    fresh()
+    whole = train(tiny_config(data, solid_dataset, max_steps=4, run_name="whole", **NOISY), tiny_model, data,
+                  Job(id="a", kind="train", title="a"))
+    fresh()
+    train(tiny_config(data, solid_dataset, max_steps=2, run_name="half", **NOISY), tiny_model, data,
+          Job(id="b", kind="train", title="b"))
+    run = RunFolder(data.runs / "half")
+    state = load_bundle(run.bundle_path)
+    assert state.embedding_kind == "per-timestep" and state.vectors["clip_l"].shape == (2, 2, 32)
+    assert state.kind_info["timesteps"] == [0.0, 999.0]
+    rest = train(tiny_config(data, solid_dataset, max_steps=4, run_name="half", **NOISY), tiny_model, data,
+                 Job(id="c", kind="train", title="c"), run=run, resume=True)
+    a = load_embedding(whole["files"]["safetensors"])
+    b = load_embedding(rest["files"]["safetensors"])
+    assert b.kind == "per-timestep" and a.equal(b)
+
+
+def test_per_timestep_non_finite_steps_are_skipped_then_stop(tiny_model, data, solid_dataset):
+    from train_fixtures import tiny_config
+
+    from training.errors import TrainingError
+
+    save_embedding(PER_TIMESTEP.make(_std(tiny_model, "flatcol"), tiny_model.unet),
+                   data.embeddings / "flatcol.safetensors")
+    job = Job(id="n", kind="train", title="n")
+    with pytest.raises(TrainingError, match="non-finite steps in a row"):
+        train(tiny_config(data, solid_dataset, lr="1e30", max_steps=5, nan_patience=2, run_name="nan"),
+              tiny_model, data, job)
+    snaps = list((data.runs / "nan" / "snapshots").glob("*.safetensors"))
+    assert snaps and all(load_embedding(p).is_finite() and load_embedding(p).kind == "per-timestep" for p in snaps)
+
+
+def test_files_round_trip_bit_exact(tiny_model, tmp_path):
+    emb = _varied(PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet, anchors="5", standard_at="300"))
+    emb.metadata["init_text"] = "cat"
+    for fmt in ("safetensors", "png"):
+        back = load_embedding(save_embedding(emb, tmp_path / f"zork.{fmt}"))
+        assert back.kind == "per-timestep" and back.equal(emb) and back.kind_info == emb.kind_info
+        assert "kind_parts" not in back.metadata and back.metadata["init_text"] == "cat"
+    for fmt in ("pt", "diffusers"):
+        back = load_embedding(save_embedding(emb, tmp_path / f"zork-{fmt}", fmt=fmt))
+        assert back.kind == "standard" and torch.equal(back.vectors["clip_l"], emb.vectors["clip_l"])
+    assert "blend at timestep 300" in PER_TIMESTEP.export_note(emb, "pt")
+    assert torch.equal(emb.vectors["clip_l"], blend(emb.parts["clip_l"], emb.kind_info["timesteps"],
+                                                     torch.tensor([300.0]))[0])
+
+
+def test_standard_part_loads_in_diffusers(data, tmp_path):
+    model = load_base_model("tiny", data)  # its own: diffusers resizes the text encoder it loads into
+    emb = _varied(PER_TIMESTEP.make(_std(model), model.unet))
+    path = save_embedding(emb, tmp_path / "zork.safetensors")
+    pipe = model.pipeline()
+    try:
+        pipe.load_textual_inversion(str(path), token="zork")
+        ids = pipe.tokenizer.convert_tokens_to_ids(["zork", "zork_1"])
+        rows = pipe.text_encoder.get_input_embeddings().weight[ids].detach()
+        assert torch.equal(rows, emb.vectors["clip_l"])
+    finally:
+        pipe.unload_textual_inversion()
+
+
+def _contexts_seen(model):
+    """The context the UNet gets at each call, and its timestep (a forward pre-hook)."""
+    seen = []
+
+    def hook(_module, args, kwargs):
+        ctx = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        seen.append((float(args[1]), ctx.detach().clone()))
+
+    return seen, model.unet.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_generate_switches_the_conditioning_every_step(tiny_model):
+    emb = _varied(PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet, anchors="3"))
+    prompt, steps = "a photo of zork", 4
+    seen, handle = _contexts_seen(tiny_model)
+    try:
+        image = generate(tiny_model, prompt, [emb], seed=1, steps=steps, cfg=5.0, width=64, height=64)
+    finally:
+        handle.remove()
+    timesteps = schedule_timesteps(tiny_model.scheduler, steps)
+    assert [t for t, _ in seen] == timesteps and len(set(timesteps)) == steps
+    for t, ctx in seen:  # [negative; positive], the positive encoded at this step's timestep
+        (want, neg), _ = prepare_conditioning(tiny_model, [prompt, ""], [emb], timesteps=[t])
+        assert torch.equal(ctx[1:], want.hidden) and torch.equal(ctx[:1], neg.hidden), t
+    assert not torch.equal(seen[0][1], seen[-1][1])
+    # with every anchor equal it is the standard embedding's image, bit for bit
+    flat = PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet, anchors="3")
+    same = generate(tiny_model, prompt, [flat], seed=1, steps=steps, cfg=5.0, width=64, height=64)
+    plain = generate(tiny_model, prompt, [_std(tiny_model)], seed=1, steps=steps, cfg=5.0, width=64, height=64)
+    assert np.array_equal(np.asarray(same), np.asarray(plain))
+    assert not np.array_equal(np.asarray(image), np.asarray(plain))
+
+
+def test_stock_pipeline_function_matches_generate(tiny_model):
+    from embeddings.pipeline import install_embeddings
+
+    emb = _varied(PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet))
+    ours = generate(tiny_model, "a photo of zork", [emb], seed=3, steps=3, cfg=5.0, width=64, height=64)
+    pipe = tiny_model.pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    with install_embeddings(pipe, [emb]) as installed:
+        with pytest.raises(EmbeddingError, match="steps="):
+            installed.encode("a photo of zork")
+        called = []
+        kwargs = installed.encode("a photo of zork", steps=3, then=lambda p, i, t, kw: called.append(i) or kw)
+        assert kwargs["num_inference_steps"] == 3 and callable(kwargs["callback_on_step_end"])
+        image = pipe(**kwargs, guidance_scale=5.0, width=64, height=64,
+                     generator=torch.Generator().manual_seed(3)).images[0]
+        assert called == [0, 1, 2]
+        with pytest.raises(EmbeddingError, match="encoded for 3 steps"):  # another schedule is refused
+            pipe(**{**kwargs, "num_inference_steps": 5}, width=64, height=64, output_type="latent")
+    assert np.array_equal(np.asarray(image), np.asarray(ours))
+
+
+def test_sdxl_per_timestep_switches_pooled_too_and_trains(data, solid_dataset):
+    from train_fixtures import tiny_config
+
+    from embeddings.pipeline import install_embeddings
+
+    xl = load_base_model("tiny-sdxl", data)
+    emb = _varied(PER_TIMESTEP.make(_std(xl), xl.unet))
+    assert set(emb.parts) == {"clip_l", "clip_g"}
+    pipe = xl.pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    pooled = []
+    handle = pipe.unet.register_forward_pre_hook(
+        lambda m, a, kw: pooled.append(kw["added_cond_kwargs"]["text_embeds"].clone()), with_kwargs=True)
+    try:
+        with install_embeddings(pipe, [emb]) as installed:
+            pipe(**installed.encode("zork", steps=2), width=64, height=64, output_type="latent")
+    finally:
+        handle.remove()
+    assert len(pooled) == 2 and not torch.equal(pooled[0], pooled[1])
+    save_embedding(PER_TIMESTEP.make(_std(xl, "flatcol"), xl.unet), data.embeddings / "flatcol.safetensors")
+    out = train(tiny_config(data, solid_dataset, model="tiny-sdxl", max_steps=2, batch_size=2), xl, data,
+                Job(id="x", kind="train", title="x"))
+    final = load_embedding(out["files"]["safetensors"])
+    assert final.kind == "per-timestep"
+    for key, parts in final.parts.items():
+        assert not torch.equal(parts[0], parts[1]), key
