@@ -75,10 +75,17 @@ def main(argv: list[str]) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    return guarded(args.func, args)
+
+
+def guarded(func, args: argparse.Namespace) -> int:
+    """Run a command; the errors a user can act on become one `error:` line and exit code 2
+    (the traceback only with --verbose), Ctrl-C becomes 130. One home for that rule: the
+    data-parallel train path, which must exit on its own terms, uses it too."""
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except (CliError, EmbeddingError, ModelError, ValueError, OSError) as e:
-        if args.verbose:
+        if getattr(args, "verbose", False):
             logging.exception("command failed")
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -236,6 +236,36 @@ class _Tail:
 
 
 def _run_distributed(args, dd, dist) -> int:
+    """Run the data-parallel loop, then leave the process without interpreter finalization.
+
+    Gloo keeps C++ worker threads and pending-work objects that can outlive
+    `destroy_process_group`; when Python tears the interpreter down under them, a rank now and then
+    dies with SIGABRT ("terminate called without an active exception") after a finished run, and
+    the launcher reports the whole run as failed. Every file the run wrote is already complete
+    (atomic writes), so once the group is closed the process flushes its streams and ends with
+    `os._exit`, which skips that teardown."""
+    import logging
+    import os
+    import traceback
+
+    from cli import guarded
+
+    code = 1
+    try:
+        code = guarded(lambda a: _train_distributed(a, dd, dist), args)
+    except BaseException:  # an unexpected error still shows its traceback before the hard exit
+        traceback.print_exc()
+    finally:
+        try:
+            dist.close()
+        finally:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+
+def _train_distributed(args, dd, dist) -> int:
     """Every process runs the loop; the main one plans the run (creates or resumes the folder, as
     the worker path does) and tells the others, and only it writes the event log and prints."""
     import torch.distributed as tdist
@@ -245,32 +275,29 @@ def _run_distributed(args, dd, dist) -> int:
     from training.run_folder import RunFolder
     from training.service import RunPlan, execute, plan_resume, plan_start
 
-    try:
-        holder: list[Any] = [None]
-        if dist.is_main:
-            try:
-                plan = plan_resume(args.resume, dd, **_overrides(args)) if args.resume else plan_start(
-                    build_config(args), dd)
-                holder = [(plan.config.to_dict(), str(plan.run.path), plan.resume)]
-            except Exception as e:
-                holder = [e]
-        tdist.broadcast_object_list(holder, src=0)
-        if isinstance(holder[0], Exception):
-            raise holder[0]
-        values, run_path, resume = holder[0]
-        plan = RunPlan(TrainConfig.from_dict(values), RunFolder(Path(run_path)), resume)
-        job = Job(id=f"train-rank{dist.rank}", kind="train", title="train",
-                  log_path=plan.run.events_path if dist.is_main else None)
-        job.fn = lambda j: execute(plan, dd, j, dist=dist)
-        if dist.is_main:
-            worker = threading.Thread(target=run_job, args=(job,), daemon=True)
-            worker.start()
-            code = follow(job, bar=not args.no_bar)
-            worker.join()
-        else:
-            run_job(job)
-            code = 0 if job.error is None else 1
-        dist.barrier()
-        return code
-    finally:
-        dist.close()
+    holder: list[Any] = [None]
+    if dist.is_main:
+        try:
+            plan = plan_resume(args.resume, dd, **_overrides(args)) if args.resume else plan_start(
+                build_config(args), dd)
+            holder = [(plan.config.to_dict(), str(plan.run.path), plan.resume)]
+        except Exception as e:
+            holder = [e]
+    tdist.broadcast_object_list(holder, src=0)
+    if isinstance(holder[0], Exception):
+        raise holder[0]
+    values, run_path, resume = holder[0]
+    plan = RunPlan(TrainConfig.from_dict(values), RunFolder(Path(run_path)), resume)
+    job = Job(id=f"train-rank{dist.rank}", kind="train", title="train",
+              log_path=plan.run.events_path if dist.is_main else None)
+    job.fn = lambda j: execute(plan, dd, j, dist=dist)
+    if dist.is_main:
+        worker = threading.Thread(target=run_job, args=(job,), daemon=True)
+        worker.start()
+        code = follow(job, bar=not args.no_bar)
+        worker.join()
+    else:
+        run_job(job)
+        code = 0 if job.error is None else 1
+    dist.barrier()
+    return code

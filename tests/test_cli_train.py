@@ -88,7 +88,7 @@ def test_two_cpu_processes_with_accelerate(tiny_model, data, tmp_path, solid_dat
     cfg = _config(tmp_path, solid_dataset, max_steps=2, run_name="ddp", save_every=0)
     # accelerate's --cpu starts one process unless given an MPI hostfile; --multi_gpu on a machine
     # without CUDA starts two torchrun workers, which our loop joins over gloo on the CPU.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1"}
     launcher = Path(sys.executable).parent / "accelerate"
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
            "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(ROOT / "app.py"), "--data-dir",
@@ -104,7 +104,7 @@ def test_two_cpu_processes_with_accelerate(tiny_model, data, tmp_path, solid_dat
 
 
 def _launch_two(data, cfg: Path, *extra: str, port: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1"}
     launcher = Path(sys.executable).parent / "accelerate"
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
            "no", "--dynamo_backend", "no", "--main_process_port", str(port), str(ROOT / "app.py"), "--data-dir",
