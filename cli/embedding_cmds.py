@@ -67,7 +67,7 @@ def run_create(args) -> int:
         for line in plan.describe():
             print(line)
     try:
-        emb = kind.make(emb, model.unet, **{o.name: getattr(args, f"kind_{o.name}") for o in kind.options})
+        emb = kind.make(emb, model.unet, model=model, **{o.name: getattr(args, f"kind_{o.name}") for o in kind.options})
     except EmbeddingError as e:
         raise CliError(str(e)) from None
     print(f"kind: {kind.label}: {kind.summary}")

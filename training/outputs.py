@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from embeddings.embedding import Embedding
-from embeddings.formats import save_embedding
+from embeddings.formats import save_embedding, writable_formats
 from embeddings.names import shadowing_pairs
 from training.errors import TrainingError
 from training.run_folder import RunFolder
@@ -41,7 +41,7 @@ def save_snapshot(emb: Embedding, run: RunFolder, formats: list[str], step: int,
     if pairs:
         raise TrainingError(f"snapshot names would shadow each other in prompts: {pairs[:3]}")
     saved = []
-    for fmt in formats:
+    for fmt in kept_formats(emb, formats):
         target = run.image_embeddings / f"{snap_name}.png" if fmt == "png" else run.snapshots / f"{snap_name}.{fmt}"
         try:
             saved.append(str(save_embedding(snap, target, fmt=fmt)))
@@ -76,7 +76,15 @@ def find_snapshot(run: RunFolder, step: int) -> Path:
 
 def save_final(emb: Embedding, run: RunFolder, formats: list[str]) -> dict[str, str]:
     """One file per format in the run's `final/`, named like the embedding."""
-    return {fmt: str(save_embedding(emb, run.final / f"{emb.name}.{fmt}", fmt=fmt)) for fmt in formats}
+    return {fmt: str(save_embedding(emb, run.final / f"{emb.name}.{fmt}", fmt=fmt))
+            for fmt in kept_formats(emb, formats)}
+
+
+def kept_formats(emb: Embedding, formats: list[str]) -> list[str]:
+    """The chosen formats that can hold `emb` (a kind without a standard part: .safetensors only, which
+    is then always written, so the run keeps its files)."""
+    ok = writable_formats(emb)
+    return [f for f in formats if f in ok] or (ok[:1] if formats else [])
 
 
 def save_to_library(emb: Embedding, source: Path | None, data_dir: DataDir) -> Path:

@@ -77,7 +77,8 @@ def create(ctx: AppContext, model_spec: str, name: str, init_text: str, vectors:
         raise fail(f"{existing.name} already exists in the library; tick Overwrite to replace it")
     model = ctx.model(model_spec)
     emb = create_embedding(model, name, init_text, int(vectors), mode)  # type: ignore[arg-type]
-    emb = chosen.make(emb, model.unet, **{o.name: (options or {}).get(o.name, o.default) for o in chosen.options})
+    emb = chosen.make(emb, model.unet, model=model,
+                      **{o.name: (options or {}).get(o.name, o.default) for o in chosen.options})
     target = ctx.data.embeddings / f"{name}.{fmt or 'safetensors'}"
     path = save_embedding(emb, target)
     if existing is not None and existing != path:

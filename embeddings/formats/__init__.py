@@ -30,6 +30,7 @@ from embeddings.formats.diffusers_format import (
 )
 from embeddings.formats.png_embed import IMAGE_EMBEDDING_SUFFIXES, load_image_embedding, save_png
 from embeddings.formats.safetensors_format import load_safetensors_embedding, save_safetensors
+from embeddings.kinds import kind_of
 from embeddings.names import clean_name
 
 FORMATS: list[str] = ["safetensors", "pt", "diffusers", "png"]
@@ -63,6 +64,7 @@ __all__ = [
     "load_embedding",
     "load_embedding_pair",
     "save_embedding",
+    "writable_formats",
 ]
 
 
@@ -199,6 +201,12 @@ def save_embedding(emb: Embedding, path: str | Path, fmt: str | None = None, *, 
         path = path.with_name(path.name + _EXPORT_SUFFIX[fmt])
     if path.suffix.lower() not in _WRITE_SUFFIXES[fmt]:
         raise EmbeddingError(f"{path.name}: a {fmt} file must end in {' or '.join(_WRITE_SUFFIXES[fmt])}")
+    if fmt not in writable_formats(emb):
+        kind = kind_of(emb)
+        raise EmbeddingError(f"{path.name}: not written: {emb.name!r} is a {kind.label} embedding, which has no "
+                             f"standard part (its vectors are not token embeddings), so a {fmt} file would load as "
+                             f"something else in other tools; it is kept whole only in .safetensors, which only this "
+                             f"program reads")
     if fmt == "safetensors":
         return save_safetensors(emb, path)
     if fmt == "pt":
@@ -206,6 +214,12 @@ def save_embedding(emb: Embedding, path: str | Path, fmt: str | None = None, *, 
     if fmt == "diffusers":
         return save_diffusers(emb, path)
     return save_png(emb, path, preview, caption=caption)
+
+
+def writable_formats(emb: Embedding) -> list[str]:
+    """The formats that hold `emb` without misleading other tools: all of FORMATS for a kind with a
+    standard part; only our .safetensors for one without (direct)."""
+    return list(FORMATS) if kind_of(emb).standard_part else ["safetensors"]
 
 
 def export_name(emb: Embedding, fmt: str) -> str:

@@ -18,6 +18,10 @@ part was made) and `kind_parts` (the kind's own tensors as base64 raw float32,
 `embeddings.kinds.base.encode_parts`). They are not extra tensors because A1111 refuses a
 one-encoder file with two tensors and diffusers wants exactly one key.
 
+A kind with no standard part (direct: its vectors are not token embeddings) writes only the header
+fields and one empty tensor, `no_standard_part` (shape [0]): A1111, ComfyUI and diffusers then
+skip or refuse the file for its width (0 fits no model) instead of loading something else.
+
 As in A1111, the file name (not the stored `name`) is the embedding's name.
 """
 
@@ -34,11 +38,12 @@ from safetensors.torch import save
 from embeddings.embedding import Embedding, EmbeddingError, EmbeddingFileError
 from embeddings.families import CLIP_G, CLIP_L
 from embeddings.formats.layouts import KOHYA_KEY, check_writable, classify, single_tensor, writable_metadata
-from embeddings.kinds import kind_fields, with_kind_fields
+from embeddings.kinds import kind_fields, kind_of, with_kind_fields, without_standard_part
 from workspace.atomic import atomic_write_bytes
 
 HEADER_MARK = "ti_format"
 HEADER_VERSION = "1"
+NO_STANDARD_PART = "no_standard_part"
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -64,12 +69,22 @@ def decode_header(header: dict[str, str]) -> dict[str, Any]:
 
 def load_safetensors_embedding(path: Path, name: str | None = None) -> Embedding:
     tensors, header = read_safetensors(path)
-    emb = classify(path, tensors, container="safetensors", name=name or path.stem)
     meta = decode_header(header)
-    try:
-        emb = with_kind_fields(emb, meta)
-    except EmbeddingError as e:
-        raise EmbeddingFileError(path, str(e)) from None
+    if set(tensors) == {NO_STANDARD_PART}:
+        try:
+            emb = without_standard_part(name or path.stem, meta)
+        except EmbeddingError as e:
+            raise EmbeddingFileError(path, str(e)) from None
+        if emb is None:
+            raise EmbeddingFileError(path, f"only the {NO_STANDARD_PART!r} marker, and no kind in the header "
+                                           "says what the embedding is")
+        emb.metadata["format"] = "safetensors"
+    else:
+        emb = classify(path, tensors, container="safetensors", name=name or path.stem)
+        try:
+            emb = with_kind_fields(emb, meta)
+        except EmbeddingError as e:
+            raise EmbeddingFileError(path, str(e)) from None
     stored_name = meta.pop("name", None)
     step = meta.pop("step", None)
     meta.pop(HEADER_MARK, None)
@@ -97,6 +112,8 @@ def encode_header(emb: Embedding) -> dict[str, str]:
 
 def tensors_for(emb: Embedding) -> dict[str, torch.Tensor]:
     check_writable(emb)
+    if not kind_of(emb).standard_part:
+        return {NO_STANDARD_PART: torch.zeros(0)}
     if set(emb.vectors) == {CLIP_L, CLIP_G}:
         return {k: emb.vectors[k].detach().to("cpu", torch.float32).clone().contiguous() for k in (CLIP_L, CLIP_G)}
     return {KOHYA_KEY: single_tensor(emb)}
