@@ -35,6 +35,15 @@ CSS = """
 .ti-log li.ti-err { color: #dc2626; font-weight: 600; }
 .ti-chart { width: 100%; height: 220px; display: block; }
 .ti-chart-small { height: 170px; }
+/* the Train tab's per-layer norm heat map (ui/layer_heatmap.py) */
+.ti-heatmap { font-size: 12px; }
+.ti-heat-tables { display: flex; gap: 12px; flex-wrap: wrap; max-height: 360px; overflow: auto; }
+.ti-heat { border-collapse: collapse; margin: 0; width: auto; }
+.ti-heat caption { text-align: left; font-size: 11px; opacity: 0.8; }
+.ti-heat th, .ti-heat td { padding: 1px 6px; font-size: 11px; border: 1px solid rgba(128,128,128,0.2); }
+.ti-heat-row { text-align: right; white-space: nowrap; font-weight: normal; }
+.ti-heat-cell { text-align: center; font-variant-numeric: tabular-nums; min-width: 3.5em; }
+.ti-heat-legend { display: inline-block; width: 80px; height: 9px; vertical-align: middle; border-radius: 2px; }
 /* tables whose rows are picked, never edited: no cell edit frame or menu, the row lights up */
 .ti-rows .cell-menu-button { display: none !important; }
 .ti-rows .cell-selected { box-shadow: none !important; }

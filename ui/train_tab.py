@@ -10,6 +10,7 @@ so reloading or opening a second tab re-attaches to it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 import json
 import logging
@@ -27,6 +28,7 @@ from jobs.view import JobView, ViewCache, view_of
 from training.config_text import FIELD_TEXT
 from training.memory import preflight_text
 from ui.common import FieldText, fail, field_text, fmt_seconds, grouped_fields, short, user_errors, widget_for_field
+from ui.layer_heatmap import heatmap_html
 from ui.state import AppContext
 
 log = logging.getLogger(__name__)
@@ -340,6 +342,7 @@ class Sent:
     log: int = -1
     previews: int = -1
     files: int = -1
+    heat: tuple[str, int] | None = None  # (job, step) of the heat map shown; None: none shown
 
 
 def chart_delta(sent: Sent, job_id: str, loss: dict[str, list[tuple[int, float]]],
@@ -392,6 +395,44 @@ def poll_outputs(view: JobView | None, job_id: str | None, sent: Sent, note: str
         out.append(value if reset or getattr(sent, attr) != count else gr.skip())
         setattr(sent, attr, count)
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def heatmap_labels(run_folder: str | None) -> tuple[tuple[str, ...] | None, str]:
+    """(row names, title) of a run's heat map, from the embedding the run started from (its copy
+    in the run folder's `original/`): the layer groups of a per-layer embedding and how they were
+    grouped. Read once per run folder (the copy never changes); (None, "") when there is none."""
+    if not run_folder:
+        return None, ""
+    from embeddings.formats import load_embedding
+
+    for path in sorted((Path(run_folder) / "original").glob("*")):
+        try:
+            info = load_embedding(path).kind_info
+        except (OSError, ValueError) as e:  # an unreadable copy only costs the row names
+            log.info("cannot read %s for the heat map's rows: %s", path, e)
+            continue
+        groups = info.get("groups")
+        if isinstance(groups, list) and all(isinstance(g, str) for g in groups):
+            grouping = info.get("grouping")
+            return tuple(groups), f"Vector norms per layer group ({grouping})" if grouping else ""
+    return None, ""
+
+
+def heatmap_output(view: JobView | None, job_id: str | None, sent: Sent) -> Any:
+    """The heat map of a run whose embedding has one set of vectors per layer group (layer x
+    vector, the latest norms): rendered only when its step or the job changed, gr.skip()
+    otherwise; hidden for a run without one (a standard embedding)."""
+    latest = view.norms[-1] if view is not None and view.norms else None
+    grid = view.layer_grid() if latest is not None and latest.layers else None
+    key = None if grid is None else (job_id or "none", grid[0])
+    if key == sent.heat:
+        return gr.skip()
+    sent.heat = key
+    if grid is None:
+        return gr.update(value="", visible=False)
+    names, title = heatmap_labels(view.run_folder)
+    return gr.update(value=heatmap_html(grid[0], grid[1], names, title), visible=True)
 
 
 # --- actions -----------------------------------------------------------------------------------------------
@@ -612,6 +653,7 @@ def build(ctx: AppContext, demo=None):
                     js_on_load="window.tiCharts && window.tiCharts.redraw()")
             gr.HTML('<canvas id="train_norms_canvas" class="ti-chart ti-chart-small"></canvas>',
                     elem_id="train_norms")
+            heatmap = gr.HTML(visible=False, elem_id="train_heatmap")  # per-layer runs only
             gallery = gr.Gallery(label="Previews (they appear every 'preview every' steps)", columns=4,
                                  height="auto", elem_id="train_previews")
             downloads = gr.File(label="Latest snapshot (each format)", file_count="multiple", interactive=False,
@@ -699,9 +741,10 @@ def build(ctx: AppContext, demo=None):
         sent = sent if isinstance(sent, Sent) else Sent()
         job = current_job(ctx)
         view = views.get(job) if job is not None else None
-        return [*poll_outputs(view, job.id if job is not None else None, sent, queue_note(ctx, job)), sent]
+        job_id = job.id if job is not None else None
+        return [*poll_outputs(view, job_id, sent, queue_note(ctx, job)), heatmap_output(view, job_id, sent), sent]
 
-    timer.tick(poll, sent_state, [status_md, bar, delta, gallery, log_box, downloads, sent_state],
+    timer.tick(poll, sent_state, [status_md, bar, delta, gallery, log_box, downloads, heatmap, sent_state],
                api_name="poll", api_visibility="undocumented", show_progress="hidden", concurrency_limit=None)
     delta.change(None, delta, None, js="(text) => { window.tiCharts && window.tiCharts.apply(text); }")
 
