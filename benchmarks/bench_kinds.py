@@ -5,7 +5,9 @@
 Each (model, kind) runs in a fresh subprocess (so no run inherits another's peak memory) with
 the same settings; "x std" is the kind's step time over the standard kind's on that model. The
 per-layer kind's extra cost is its text-encoder pass over groups x batch rows (one batched
-pass) and the longer context the routing processors cut up; the UNet's work is the same.
+pass) and the longer context the routing processors cut up; the UNet's work is the same. The
+direct kind runs the text encoder without gradients (no backward through it), so its step is the
+cheaper one (target: below standard).
 Models and memory columns as in bench_train.py (random weights from the bundled configs, built
 once; 512 px on a GPU, 128 px on CPU for SD 1.5, 1024 px on a GPU for SDXL, 64 px for tiny). A script that prints a table, never a test.
 """
@@ -40,6 +42,8 @@ KIND_RUNS = {  # label -> (kind, creation options, extra training settings)
     "standard": ("standard", {}, {}),
     "per-layer": ("per-layer", {"grouping": "block"}, {}),
     "per-layer+density": ("per-layer", {"grouping": "block"}, {"density_weight": 0.001}),
+    "direct": ("direct", {}, {}),
+    "direct-block": ("direct", {"direct_grouping": "block"}, {}),
 }
 
 
@@ -54,7 +58,7 @@ def step_time(model, data, plan, resolution: int, batch: int, steps: int, label:
     from training.trainer import train
 
     kind, options, extra = KIND_RUNS[label]
-    emb = get_kind(kind).make(create_embedding(model, "flatcol", "colour", 2), model.unet, **options)
+    emb = get_kind(kind).make(create_embedding(model, "flatcol", "colour", 2), model.unet, model=model, **options)
     save_embedding(emb, data.embeddings / "flatcol.safetensors")
     ds = make_dataset(Path(tempfile.mkdtemp()) / "ds", n=max(4, batch), size=resolution)
     cfg = TrainConfig(embedding="flatcol", dataset=str(ds), model=model.name, resolution=resolution,

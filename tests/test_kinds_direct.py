@@ -300,3 +300,11 @@ def test_planted_target_run_learns_on_toy(shared_data, data, tmp_path):
     evals = [e.data["loss"] for e in job.events("eval")]
     print(f"direct on the planted toy concept, eval loss every 20 steps: {evals}")
     assert evals[-1] < 0.9 * evals[0], evals
+
+
+def test_style_mixing_refuses_output_space_vectors(tiny_model):
+    from embeddings.kinds import coarse_mask, style_mix
+
+    direct = DIRECT.make(_std(tiny_model, "obj"), tiny_model.unet, model=tiny_model)
+    with pytest.raises(EmbeddingError, match="text-encoder outputs"):
+        style_mix(direct, _std(tiny_model, "sty"), tiny_model.unet, coarse_mask(16, 4))

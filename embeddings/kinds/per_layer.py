@@ -187,6 +187,10 @@ def style_mix(inner: Embedding, outer: Embedding, unet, inner_layers: Sequence[b
     if len(inner_layers) != layout.size:
         raise EmbeddingError(f"style mixing needs one flag per cross-attention layer ({layout.size}), "
                              f"got {len(inner_layers)}")
+    for emb in (inner, outer):
+        if kind_of(emb).encoder_inputs(emb) is not None:
+            raise EmbeddingError(f"style mixing mixes token embeddings; {emb.name!r} is a {kind_of(emb).label} "
+                                 "embedding (text-encoder outputs)")
     if inner.widths != outer.widths or inner.num_vectors != outer.num_vectors:
         raise EmbeddingError(f"cannot mix {inner.name!r} ({inner.num_vectors} vectors, {inner.widths}) with "
                              f"{outer.name!r} ({outer.num_vectors} vectors, {outer.widths}): they must match")
