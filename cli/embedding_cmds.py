@@ -72,7 +72,7 @@ def run_create(args) -> int:
         raise CliError(str(e)) from None
     print(f"kind: {kind.label}: {kind.summary}")
     for key, value in kind.describe(emb).items():
-        if key not in ("kind", "group_norms"):
+        if key != "kind" and not key.endswith("_norms"):  # the norms are inspect's
             print(f"  {key}: {len(value) if isinstance(value, list) else value}")
     path = save_embedding(emb, target)
     print(f"created {path}")
