@@ -1,6 +1,7 @@
 """Training step time and memory of each embedding kind, beside standard TI, through the real trainer.
 
     python benchmarks/bench_kinds.py [--steps 8] [--resolution 0] [--batch 1] [--only tiny|sd15]
+    python benchmarks/bench_kinds.py --floor [--rounds 20] [--only tiny|sd15] [--kinds standard,direct]
 
 Each (model, kind) runs in a fresh subprocess (so no run inherits another's peak memory) with
 the same settings; "x std" is the kind's step time over the standard kind's on that model. The
@@ -10,6 +11,11 @@ direct kind runs the text encoder without gradients (no backward through it), so
 cheaper one (target: below standard).
 Models and memory columns as in bench_train.py (random weights from the bundled configs, built
 once; 512 px on a GPU, 128 px on CPU for SD 1.5, 1024 px on a GPU for SDXL, 64 px for tiny). A script that prints a table, never a test.
+
+`--floor`: the step alone (prompt encoding with the live tensors, UNet forward, backward), all
+kinds in one process, taken in turns for `--rounds` rounds; the fastest round of each kind, wall
+and this process's CPU seconds. On a busy shared machine the trainer's wall times swing by whole
+factors; the fastest of many interleaved rounds is what the step costs when nothing else runs.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ KIND_RUNS = {  # label -> (kind, creation options, extra training settings)
     "standard": ("standard", {}, {}),
     "per-layer": ("per-layer", {"grouping": "block"}, {}),
     "per-layer+density": ("per-layer", {"grouping": "block"}, {"density_weight": 0.001}),
+    "per-timestep": ("per-timestep", {"anchors": "2"}, {}),
     "direct": ("direct", {}, {}),
     "direct-block": ("direct", {"direct_grouping": "block"}, {}),
 }
@@ -70,6 +77,83 @@ def step_time(model, data, plan, resolution: int, batch: int, steps: int, label:
     stamps = [e.time for e in job.events("loss")][2:]  # skip warm-up steps
     gaps = sorted(b - a for a, b in zip(stamps, stamps[1:], strict=False))
     return gaps[len(gaps) // 2]
+
+
+def floor_times(model, plan, labels: list[str], resolution: int, batch: int, rounds: int) -> dict[str, tuple]:
+    """{label: (fastest wall s, fastest CPU s)} of encode + UNet forward + backward per kind, in turns."""
+    import time
+
+    from diffusers import DDPMScheduler
+
+    from embeddings.create import create_embedding
+    from embeddings.kinds import get_kind, install_routing
+    from embeddings.prompt import PromptEncoder
+    from training.loss import denoise_loss, sdxl_time_ids
+
+    sched = DDPMScheduler.from_config(model.scheduler.config)
+    std = create_embedding(model, "flatcol", "colour", 2)
+    runs = {}
+    for label in labels:
+        kind_name, options, _extra = KIND_RUNS[label]
+        kind = get_kind(kind_name)
+        emb = kind.make(std, model.unet, model=model, **options)
+        layout = kind.layout(emb, model.unet)
+        runs[label] = (kind, emb, layout, PromptEncoder.for_embeddings(model, [emb], 1, layout))
+    lat = torch.randn(batch, 4, resolution // 8, resolution // 8, device=plan.device)
+    xl = model.family == "sdxl"
+    time_ids = sdxl_time_ids([(resolution, resolution)] * batch, lat.shape[-2:], 8, plan.device) if xl else None
+    best = {label: (float("inf"), float("inf")) for label in labels}
+    for r in range(rounds + 1):  # the first round warms up
+        for label, (kind, emb, layout, enc) in runs.items():
+            live = {k: v.to(plan.device).requires_grad_(True) for k, v in kind.trainable(emb).items()}
+            if kind.timed:
+                live = kind.live_at(emb, live, torch.full((batch,), 500))
+            routing = install_routing(model.unet, layout)
+            try:
+                _sync(plan.device)
+                w0, c0 = time.perf_counter(), time.process_time()
+                with plan.autocast():
+                    cond = enc.encode(["a photo of flatcol"] * batch, {"flatcol": live})
+                    loss = denoise_loss(model, sched, lat, torch.randn_like(lat), torch.full((batch,), 500,
+                                        device=plan.device), cond, time_ids=time_ids)
+                loss.backward()
+                _sync(plan.device)
+                w, c = time.perf_counter() - w0, time.process_time() - c0
+            finally:
+                if routing is not None:
+                    routing.remove()
+            if r > 0:
+                best[label] = (min(best[label][0], w), min(best[label][1], c))
+    return best
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def floor_main(args) -> None:
+    from training.device import choose_device
+    from workspace.datadir import DataDir
+
+    plan = choose_device(args.precision)
+    data = DataDir.at(tempfile.mkdtemp(prefix="bench-kinds-")).ensure()
+    labels = args.kinds.split(",")
+    print(f"{'model':6} {'res':>5} {'batch':>5} {'kind':18} {'device':22} {'wall s':>8} {'cpu s':>8} {'x std':>6}")
+    for which in ("tiny", "sd15", "sdxl"):
+        if (args.only and which != args.only) or (not args.only and which == "sdxl"):
+            continue
+        model = load_model(which, data, Path(args.weights_dir))
+        model.freeze()
+        for m in (*model.text_encoders, model.unet):
+            m.to(device=plan.device, dtype=plan.weight_dtype)
+        res = args.resolution or default_resolution(which, plan.device.type == "cuda")
+        best = floor_times(model, plan, labels, res, args.batch, args.rounds)
+        base = best[labels[0]][0]
+        for label in labels:
+            w, c = best[label]
+            print(f"{which:6} {res:5d} {args.batch:5d} {label:18} {plan.label:22} {w:8.4f} {c:8.4f} {w / base:6.2f}",
+                  flush=True)
 
 
 def worker(which: str, label: str, args) -> dict:
@@ -107,7 +191,12 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(KIND_RUNS), help="comma-separated labels of KIND_RUNS")
     ap.add_argument("--worker", nargs=2, metavar=("MODEL", "KIND"), help=argparse.SUPPRESS)
     ap.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--floor", action="store_true", help="the step alone, kinds in turns in one process (see above)")
+    ap.add_argument("--rounds", type=int, default=20, help="--floor: rounds (the fastest of each kind is shown)")
     args = ap.parse_args()
+    if args.floor:
+        floor_main(args)
+        return
     if args.worker:
         print(json.dumps(worker(*args.worker, args)))
         return

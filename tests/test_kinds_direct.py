@@ -308,3 +308,18 @@ def test_style_mixing_refuses_output_space_vectors(tiny_model):
     direct = DIRECT.make(_std(tiny_model, "obj"), tiny_model.unet, model=tiny_model)
     with pytest.raises(EmbeddingError, match="text-encoder outputs"):
         style_mix(direct, _std(tiny_model, "sty"), tiny_model.unet, coarse_mask(16, 4))
+
+
+def test_create_tab_and_embeddings_tab_say_experimental(data, tiny_model):
+    from ui.state import AppContext
+    from ui.create_tab import create
+    from ui.embeddings_tab import inspect
+
+    ctx = AppContext(data=data)
+    msg, name = create(ctx, "tiny", "dtab", "cat", 2, "text", "safetensors", False, "direct",
+                       {"direct_grouping": "stage"})
+    assert name == "dtab" and "3 layer groups" in msg
+    emb = load_embedding(data.embeddings / "dtab.safetensors")
+    assert emb.kind == "direct" and emb.kind_info["groups"] == ["down", "mid", "up"]
+    _df, md, _settings = inspect(ctx, "dtab")
+    assert "Direct conditioning (experimental)" in md and "loads only in this program" in md

@@ -135,6 +135,9 @@ def _kind_lines(emb) -> list[str]:
     """The kind in words, from the kind itself (a standard embedding adds nothing)."""
     kind = kind_of(emb)
     details = kind.describe(emb)
+    if "experimental" in details:  # direct conditioning: say what it cannot do
+        groups = f"{len(details['groups'])} {details['grouping']} group(s); " if "groups" in details else ""
+        return [f"- kind: **{kind.label}**: {groups}{details['experimental']}"]
     if "groups" not in details:
         return []
     std = details.get("standard_part", "mean")
