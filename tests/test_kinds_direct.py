@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from PIL import Image
 
 from embeddings.create import create_embedding
 from embeddings.embedding import EmbeddingError
@@ -275,6 +276,11 @@ def test_cli_create_inspect_convert(data, tiny_model, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["kind_details"]["space"] == "text-encoder output"
     assert main(["convert", str(path), "--to", "pt", "-o", str(tmp_path / "dcat.pt")]) != 0
     assert "no standard part" in capsys.readouterr().err and not (tmp_path / "dcat.pt").exists()
+    out = tmp_path / "dcat.png"
+    assert main(["generate", "a photo of dcat", "--steps", "2", "--seed", "4", "-o", str(out),
+                 "--data-dir", str(data.root)]) == 0
+    want = generate(tiny_model, "a photo of dcat", [load_embedding(path)], seed=4, steps=2)
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(want.convert("RGB")))
 
 
 @pytest.mark.slow
@@ -311,9 +317,9 @@ def test_style_mixing_refuses_output_space_vectors(tiny_model):
 
 
 def test_create_tab_and_embeddings_tab_say_experimental(data, tiny_model):
-    from ui.state import AppContext
     from ui.create_tab import create
     from ui.embeddings_tab import inspect
+    from ui.state import AppContext
 
     ctx = AppContext(data=data)
     msg, name = create(ctx, "tiny", "dtab", "cat", 2, "text", "safetensors", False, "direct",
