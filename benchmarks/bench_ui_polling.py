@@ -35,19 +35,25 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def browser_cpu_seconds() -> float:
-    """CPU time used so far by the Chromium processes this script started (through Playwright)."""
+def browser_cpu() -> dict[int, float]:
+    """CPU seconds used so far by each Chromium process this script started (through Playwright)."""
     import psutil
 
-    total = 0.0
+    out: dict[int, float] = {}
     for proc in psutil.Process().children(recursive=True):
         try:
             if "chrom" in proc.name().lower():
                 t = proc.cpu_times()
-                total += t.user + t.system
+                out[proc.pid] = t.user + t.system
         except psutil.Error:
             continue
-    return total
+    return out
+
+
+def browser_cpu_since(before: dict[int, float]) -> float:
+    """Chromium CPU seconds spent since `before` by the processes alive now. A tab closed in
+    between takes its time with it, so a sum of totals could go negative; per process it cannot."""
+    return sum(max(0.0, now - before.get(pid, 0.0)) for pid, now in browser_cpu().items())
 
 
 def train_once(app, steps: int, resolution: int, tag: str) -> dict:
@@ -56,10 +62,10 @@ def train_once(app, steps: int, resolution: int, tag: str) -> dict:
 
     config = TrainConfig(embedding="benchcat", dataset="benchset", model="tiny", resolution=resolution,
                          more_steps=steps, preview_every=0, save_every=0, lr="0.005", run_name=f"bench-{tag}")
-    cpu0 = browser_cpu_seconds()
+    cpu0 = browser_cpu()
     job = start_training(app.ctx.registry, config, app.data)
     job.wait()
-    browser_cpu = browser_cpu_seconds() - cpu0
+    browser_cpu_s = browser_cpu_since(cpu0)
     if job.state.value != "finished":
         raise SystemExit(f"{tag}: run ended {job.state.value}: {job.error}")
     prog = [e for e in job.events("progress") if e.data.get("phase") != "latents" and "step" in e.data]
@@ -69,7 +75,7 @@ def train_once(app, steps: int, resolution: int, tag: str) -> dict:
     (s0, t0), (s1, t1) = times[start], times[-1]
     rates = [e.data["it_s"] for e in prog[start:] if isinstance(e.data.get("it_s"), (int, float))]
     return {"it_s": (s1 - s0) / (t1 - t0), "median_reported": statistics.median(rates) if rates else float("nan"),
-            "browser_cpu_per_100": 100 * browser_cpu / steps}
+            "browser_cpu_per_100": 100 * browser_cpu_s / steps}
 
 
 def synthetic_job(seconds: float, rate: float = 4.0):
@@ -96,7 +102,7 @@ def synthetic_job(seconds: float, rate: float = 4.0):
     return run
 
 
-def main_synthetic(seconds: float, rounds: int) -> None:
+def main_synthetic(seconds: float, rounds: int, tabs: tuple[int, ...] = (0, 1, 3)) -> None:
     import time
 
     import psutil
@@ -111,7 +117,7 @@ def main_synthetic(seconds: float, rounds: int) -> None:
     with running_app(data) as app, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         for r in range(rounds):
-            for n in (0, 1, 3):
+            for n in tabs:
                 pages = []
                 for _ in range(n):
                     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -119,17 +125,19 @@ def main_synthetic(seconds: float, rounds: int) -> None:
                     page.get_by_role("tab", name="Train").click()
                     pages.append(page)
                 time.sleep(2)
-                cpu0, srv0, t0 = browser_cpu_seconds(), sum(me.cpu_times()[:2]), time.monotonic()
+                cpu0, srv0, t0 = browser_cpu(), sum(me.cpu_times()[:2]), time.monotonic()
                 job = app.ctx.registry.submit("train", f"synthetic {n}-{r}", synthetic_job(seconds))
                 job.wait()
                 wall = time.monotonic() - t0
                 rows.setdefault(f"{n} tab(s) on Train" if n else "no browser", []).append(
-                    (100 * (browser_cpu_seconds() - cpu0) / wall, 100 * (sum(me.cpu_times()[:2]) - srv0) / wall))
+                    (100 * browser_cpu_since(cpu0) / wall, 100 * (sum(me.cpu_times()[:2]) - srv0) / wall))
                 for page in pages:
                     page.close()
         browser.close()
-    print(f"\nsynthetic run: 4 steps/s for {seconds:.0f} s x {rounds} rounds, {os.cpu_count()} CPU threads "
-          "(medians; CPU in percent of one core)")
+    import ui.train_tab
+
+    print(f"\nsynthetic run: 4 steps/s for {seconds:.0f} s x {rounds} rounds, {os.cpu_count()} CPU threads, "
+          f"Train tab polls every {ui.train_tab.POLL_SECONDS:g} s (medians; CPU in percent of one core)")
     print(f"{'condition':<18} {'browser CPU %':>14} {'server CPU %':>13}")
     for cond, values in rows.items():
         print(f"{cond:<18} {statistics.median(v[0] for v in values):>14.1f} "
@@ -143,9 +151,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--synthetic", type=float, default=0.0, metavar="SECONDS",
                         help="no training: a stand-in job's events for SECONDS; the page's CPU cost")
+    parser.add_argument("--poll", type=float, default=None, metavar="SECONDS",
+                        help="the Train tab's poll interval to measure (default: the tab's own)")
+    parser.add_argument("--tabs", default="0,1,3", help="browser tab counts to measure (--synthetic)")
     args = parser.parse_args()
+    if args.poll:
+        import ui.train_tab
+
+        ui.train_tab.POLL_SECONDS = args.poll
     if args.synthetic:
-        main_synthetic(args.synthetic, args.rounds)
+        main_synthetic(args.synthetic, args.rounds, tuple(int(n) for n in args.tabs.split(",")))
         return
 
     from embeddings.create import create_embedding
