@@ -323,6 +323,72 @@ def test_cli_creates_from_a_standard_embedding_and_generates(data, tiny_model, t
     assert code == 0 and "embeddings used: ptdog" in capsys.readouterr()[0]
 
 
+def test_per_layer_x_per_timestep_equivalence_routing_and_generation(tiny_model):
+    """Anchors with one set per layer group (anchor_grouping): equal everywhere it is exactly the
+    standard embedding; varied, each step of a generation gets its own routed context."""
+    from embeddings.kinds import PER_LAYER, layer_layout, routed
+
+    std = _std(tiny_model)
+    emb = PER_TIMESTEP.make(std, tiny_model.unet, anchor_grouping="stage")
+    assert emb.parts["clip_l"].shape == (2, 3, 2, 32) and emb.kind_info["groups"] == ["down", "mid", "up"]
+    layout = PER_TIMESTEP.layout(emb, tiny_model.unet)
+    assert layout == layer_layout(tiny_model.unet, "stage")
+    enc = PromptEncoder(tiny_model, {"zork": 2}, layout=layout)
+    plain = PromptEncoder(tiny_model, {"zork": 2}).encode(["a photo of zork"] * 2, {"zork": std.vectors})
+    live = {k: v.clone().requires_grad_(True) for k, v in PER_TIMESTEP.trainable(emb).items()}
+    rows = PER_TIMESTEP.live_at(emb, live, torch.tensor([5, 905]))
+    assert rows["clip_l"].shape == (2, 3, 2, 32)
+    with routed(tiny_model.unet, layout):
+        cond = enc.encode(["a photo of zork"] * 2, {"zork": rows})
+        assert cond.hidden.shape == (2, 3 * 77, 32)
+        assert all(torch.equal(cond.hidden[:, g * 77:(g + 1) * 77], plain.hidden) for g in range(3))
+        assert torch.equal(_unet_out(tiny_model, cond), _unet_out(tiny_model, plain))
+    assert torch.allclose(emb.vectors["clip_l"], std.vectors["clip_l"], rtol=0, atol=1e-7)  # a mean of equals
+    varied = _varied(emb)
+    assert torch.allclose(varied.vectors["clip_l"], varied.parts["clip_l"].mean(dim=(0, 1)), rtol=0, atol=1e-6)
+    assert len(PER_TIMESTEP.norms(varied.parts)["clip_l"]) == 6  # anchor x group rows for the heat map
+    seen, handle = _contexts_seen(tiny_model)
+    try:
+        image = generate(tiny_model, "a photo of zork", [varied], seed=2, steps=3, cfg=5.0, width=64, height=64)
+    finally:
+        handle.remove()
+    assert [ctx.shape[1] for _, ctx in seen] == [3 * 77] * 3 and not torch.equal(seen[0][1], seen[1][1])
+    from embeddings.pipeline import install_embeddings
+
+    pipe = tiny_model.pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    with install_embeddings(pipe, [varied]) as installed:
+        theirs = pipe(**installed.encode("a photo of zork", steps=3), guidance_scale=5.0, width=64, height=64,
+                      generator=torch.Generator().manual_seed(2)).images[0]
+    assert np.array_equal(np.asarray(theirs), np.asarray(image))
+    # beside a per-layer embedding with another grouping: both laid out on every layer
+    other = PER_LAYER.make(_std(tiny_model, "bbb"), tiny_model.unet, grouping="block")
+    (c, _u), mixed_layout = prepare_conditioning(tiny_model, ["zork and bbb", ""], [varied, other],
+                                                 timesteps=[900.0, 100.0])
+    assert mixed_layout.grouping == "layer" and c.hidden.shape == (2, 16 * 77, 32)
+
+
+def test_per_layer_x_per_timestep_trains_and_resumes(tiny_model, data, solid_dataset):
+    from train_fixtures import tiny_config
+
+    save_embedding(PER_TIMESTEP.make(_std(tiny_model, "flatcol"), tiny_model.unet, anchor_grouping="stage"),
+                   data.embeddings / "flatcol.safetensors")
+    train(tiny_config(data, solid_dataset, max_steps=2, run_name="grid", batch_size=2, vector_shuffle="all"),
+          tiny_model, data, Job(id="g", kind="train", title="g"))
+    run = RunFolder(data.runs / "grid")
+    job = Job(id="r", kind="train", title="r")
+    out = train(tiny_config(data, solid_dataset, max_steps=3, run_name="grid", batch_size=2, vector_shuffle="all"),
+                tiny_model, data, job, run=run, resume=True)
+    final = load_embedding(out["files"]["safetensors"])
+    assert final.kind == "per-timestep" and final.step == 3 and final.kind_info["grouping"] == "stage"
+    parts = final.parts["clip_l"]
+    assert parts.shape == (2, 3, 2, 32)
+    flat = parts.reshape(6, -1)
+    assert len({tuple(row.tolist()) for row in flat}) == 6  # every anchor x group learned its own
+    assert len(job.events("norms")[-1].data["layers"]["clip_l"]) == 6
+    assert not any(type(p).__name__ == "RoutedProcessor" for p in tiny_model.unet.attn_processors.values())
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_planted_timestep_target_is_fitted_better_by_per_timestep_training(data, tmp_path, shared_data):

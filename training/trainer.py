@@ -761,7 +761,7 @@ def _tensorboard(run: RunFolder):
 # ---- inputs -----------------------------------------------------------------------------------------
 def resumed_embedding(state: TrainState) -> Embedding:
     """The embedding a resume bundle holds: its kind rebuilt from the trained tensors."""
-    template = Embedding(state.embedding_name, {k: v[0] if v.dim() == 3 else v for k, v in state.vectors.items()},
+    template = Embedding(state.embedding_name, {k: v.reshape(-1, *v.shape[-2:])[0] for k, v in state.vectors.items()},
                          state.step, dict(state.embedding_metadata), kind=state.embedding_kind,
                          kind_info=dict(state.kind_info))
     return get_kind(state.embedding_kind).rebuild(template, state.vectors, step=state.step,

@@ -90,7 +90,7 @@ class PerLayerKind(Kind):
         if list(layout.groups) != list(emb.kind_info["groups"]):
             mine = emb.kind_info["groups"]
             raise EmbeddingError(
-                f"per-layer embedding {emb.name!r} was made for a UNet with {len(mine)} {emb.kind_info['grouping']} "
+                f"{emb.kind} embedding {emb.name!r} was made for a UNet with {len(mine)} {emb.kind_info['grouping']} "
                 f"group(s) ({', '.join(mine[:3])}{' ...' if len(mine) > 3 else ''}); this model has {layout.size} "
                 f"({', '.join(layout.groups[:3])}{' ...' if layout.size > 3 else ''})")
         return layout
@@ -112,20 +112,8 @@ class PerLayerKind(Kind):
         """The groups of `emb` laid out on `layout`'s groups: the same grouping passes straight
         through; a finer one (e.g. `layer` for a `block` embedding) repeats each group's vectors
         on its layers."""
-        if layout is None:
-            raise EmbeddingError(f"per-layer embedding {emb.name!r} needs layer routing on the UNet")
-        if layout.grouping == emb.kind_info["grouping"] and list(layout.groups) == emb.kind_info["groups"]:
-            return emb.parts
-        index = []
-        mine = emb.kind_info["groups"]
-        for g in range(layout.size):
-            own = {_group_name(layer, emb.kind_info["grouping"]) for layer in layout.layers_in(g)}
-            if len(own) != 1 or next(iter(own)) not in mine:
-                raise EmbeddingError(f"per-layer embedding {emb.name!r}: its {emb.kind_info['grouping']} groups "
-                                     f"do not map onto the layer group {layout.groups[g]}")
-            index.append(mine.index(next(iter(own))))
-        idx = torch.tensor(index)
-        return {k: v[idx] for k, v in emb.parts.items()}
+        idx = group_index(emb, layout)
+        return emb.parts if idx is None else {k: v[idx] for k, v in emb.parts.items()}
 
     # ---- reporting ----------------------------------------------------------------------------------
     def describe(self, emb: Embedding) -> dict[str, Any]:
@@ -147,6 +135,24 @@ class PerLayerKind(Kind):
         std = emb.kind_info.get("standard", MEAN)
         how = f"the mean over {len(emb.kind_info['groups'])} layer groups" if std == MEAN else f"group {std}"
         return f"{fmt} holds one set of vectors: wrote the standard part ({how}); the per-layer sets are not in it"
+
+
+def group_index(emb: Embedding, layout: LayerLayout | None) -> torch.Tensor | None:
+    """For each group of `layout`, which of `emb`'s groups (`kind_info` grouping and groups) it takes;
+    None when they are the same groups. A finer layout repeats a group on each of its layers."""
+    if layout is None:
+        raise EmbeddingError(f"{emb.kind} embedding {emb.name!r} needs layer routing on the UNet")
+    grouping, mine = emb.kind_info["grouping"], emb.kind_info["groups"]
+    if layout.grouping == grouping and list(layout.groups) == mine:
+        return None
+    index = []
+    for g in range(layout.size):
+        own = {_group_name(layer, grouping) for layer in layout.layers_in(g)}
+        if len(own) != 1 or next(iter(own)) not in mine:
+            raise EmbeddingError(f"{emb.kind} embedding {emb.name!r}: its {grouping} groups "
+                                 f"do not map onto the layer group {layout.groups[g]}")
+        index.append(mine.index(next(iter(own))))
+    return torch.tensor(index)
 
 
 def standard_part_of(emb: Embedding) -> dict[str, torch.Tensor]:

@@ -16,9 +16,12 @@ before each step (`embeddings.prompt.StepConditioning`).
 increasing) and `standard` (the timestep whose blend is the standard part in `Embedding.vectors`,
 by default mid-schedule, T / 2): what A1111, ComfyUI and diffusers load from the file.
 
-Per-layer x per-timestep would be [K, groups, n, width] blended to [B, groups, n, width] rows,
-which the prompt encoder already takes (one pass per layer-group variant, as per-layer costs);
-it is not offered as a kind of its own yet.
+Per-layer x per-timestep (option `anchor_grouping`: block, layer or stage): each anchor holds one
+set per group of cross-attention layers, parts [K, groups, n, width], blended per row to
+[B, groups, n, width] and routed as the per-layer kind routes (`kind_info` adds its `grouping` and
+`groups`; the standard part is the mean over groups of the blend). It costs what per-layer costs:
+the prompt encoder takes one row per group and sample, in one pass; generation encodes
+groups x steps rows once.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ import torch
 
 from embeddings.embedding import Embedding, EmbeddingError
 from embeddings.kinds.base import Kind, KindOption
-from embeddings.kinds.routing import LayerLayout
+from embeddings.kinds.per_layer import PER_LAYER, _layout, group_index
+from embeddings.kinds.routing import GROUPINGS, LayerLayout
 
 LAST_TIMESTEP = 999.0  # SD 1.x, 2.x and SDXL all train on 1000 timesteps, 0 ... 999
 MID = "mid"
 DEFAULT_ANCHORS = 2
 MAX_ANCHORS = 10
+NO_GROUPS = "none"  # one set per anchor for every layer
 
 
 def anchor_timesteps(count: int, last: float = LAST_TIMESTEP) -> list[float]:
@@ -74,12 +79,16 @@ class PerTimestepKind(Kind):
                    "nearest"),
         KindOption("standard_at", "Standard part at timestep (what other tools load)", (), MID,
                    "'mid' (t=499.5) or a timestep 0-999: the blend there is written for other tools"),
+        KindOption("anchor_grouping", "Layer groups per anchor (per-layer x per-timestep)", (NO_GROUPS, *GROUPINGS),
+                   NO_GROUPS, "none: each anchor is one set for every layer; block / layer / stage: each anchor "
+                              "holds one set per layer group, as the per-layer kind (costs what per-layer costs)"),
     )
 
     # ---- making and checking ----------------------------------------------------------------------
     def make(self, standard: Embedding, unet, *, anchors: str | int = DEFAULT_ANCHORS, standard_at: str = MID,
-             **_options: str) -> Embedding:
-        """Every anchor starts at `standard`'s vectors (so before training it acts exactly like it)."""
+             anchor_grouping: str = NO_GROUPS, **_options: str) -> Embedding:
+        """Every anchor (and layer group) starts at `standard`'s vectors (so before training it acts
+        exactly like it)."""
         try:
             count = int(str(anchors).strip())
         except ValueError:
@@ -87,8 +96,15 @@ class PerTimestepKind(Kind):
         if not 2 <= count <= MAX_ANCHORS:
             raise EmbeddingError(f"anchors {count}: a per-timestep embedding takes 2 to {MAX_ANCHORS} anchor sets")
         at = anchor_timesteps(count)
-        info = {"timesteps": at, "standard": _standard_timestep(standard_at, at)}
-        parts = {k: v.unsqueeze(0).repeat(count, 1, 1) for k, v in standard.vectors.items()}
+        info: dict[str, Any] = {"timesteps": at, "standard": _standard_timestep(standard_at, at)}
+        sets = 1
+        if (anchor_grouping or NO_GROUPS) != NO_GROUPS:
+            layout = _layout(unet, anchor_grouping)
+            info.update(grouping=anchor_grouping, groups=list(layout.groups))
+            sets = layout.size
+        parts = {k: v.expand(count, sets, *v.shape).clone() for k, v in standard.vectors.items()}
+        if sets == 1 and "grouping" not in info:
+            parts = {k: v[:, 0] for k, v in parts.items()}
         emb = Embedding(standard.name, {k: v.clone() for k, v in standard.vectors.items()}, standard.step,
                         dict(standard.metadata), kind=self.name, parts=parts, kind_info=info)
         emb.vectors = standard_part_of(emb)
@@ -106,11 +122,19 @@ class PerTimestepKind(Kind):
         if set(emb.parts) != set(emb.vectors):
             raise EmbeddingError(f"per-timestep embedding {emb.name!r}: anchor tensors for {sorted(emb.parts)}, "
                                  f"standard part for {sorted(emb.vectors)}")
+        groups = emb.kind_info.get("groups")
+        if "grouping" in emb.kind_info and (emb.kind_info["grouping"] not in GROUPINGS or not isinstance(groups, list)
+                                            or not groups or not all(isinstance(g, str) for g in groups)):
+            raise EmbeddingError(f"per-timestep embedding {emb.name!r}: layer grouping "
+                                 f"{emb.kind_info['grouping']!r} with groups {groups!r}")
         for key, t in emb.parts.items():
-            want = (len(at), *emb.vectors[key].shape)
+            want = (len(at), *([len(groups)] if _grouped(emb) else []), *emb.vectors[key].shape)
             if tuple(t.shape) != want:
                 raise EmbeddingError(f"per-timestep embedding {emb.name!r}: {key} has shape {tuple(t.shape)}, "
-                                     f"expected {want} (anchors, vectors, width)")
+                                     f"expected {want} (anchors, {'groups, ' if _grouped(emb) else ''}vectors, width)")
+
+    def layout(self, emb: Embedding, unet) -> LayerLayout | None:
+        return PER_LAYER.layout(emb, unet) if _grouped(emb) else None
 
     # ---- training ----------------------------------------------------------------------------------
     def trainable(self, emb: Embedding) -> dict[str, torch.Tensor]:
@@ -119,34 +143,56 @@ class PerTimestepKind(Kind):
     def rebuild(self, emb: Embedding, tensors: dict[str, torch.Tensor], *, step: int,
                 metadata: dict[str, Any]) -> Embedding:
         parts = {k: v.detach().cpu() for k, v in tensors.items()}
-        out = Embedding(emb.name, {k: v[0] for k, v in parts.items()}, step, metadata, kind=self.name,
-                        parts=parts, kind_info=dict(emb.kind_info))
+        out = Embedding(emb.name, {k: v.reshape(-1, *v.shape[-2:])[0] for k, v in parts.items()}, step, metadata,
+                        kind=self.name, parts=parts, kind_info=dict(emb.kind_info))
         out.vectors = standard_part_of(out)
         return out
 
     def live_at(self, emb: Embedding, tensors: dict[str, torch.Tensor],
                 timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
         at = emb.kind_info["timesteps"]
-        return {k: blend(v, at, timesteps).unsqueeze(1) for k, v in tensors.items()}
+        return {k: blend(v, at, timesteps) if _grouped(emb) else blend(v, at, timesteps).unsqueeze(1)
+                for k, v in tensors.items()}
 
     # ---- conditioning -------------------------------------------------------------------------------
     def condition(self, emb: Embedding, layout: LayerLayout | None) -> dict[str, torch.Tensor]:
-        """Without timesteps (e.g. a style mix): the standard part, the blend at mid-schedule."""
-        return emb.vectors
+        """Without timesteps (e.g. a style mix): the blend at the standard part's timestep (per layer
+        group on `layout` when the anchors have groups)."""
+        if not _grouped(emb):
+            return emb.vectors
+        t = torch.tensor([float(emb.kind_info["standard"])])
+        per_group = {k: blend(v, emb.kind_info["timesteps"], t)[0] for k, v in emb.parts.items()}
+        idx = group_index(emb, layout)
+        return per_group if idx is None else {k: v[idx] for k, v in per_group.items()}
 
     def condition_at(self, emb: Embedding, layout: LayerLayout | None,
                      timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.live_at(emb, emb.parts, timesteps)
+        rows = self.live_at(emb, emb.parts, timesteps)
+        if not _grouped(emb):
+            return rows
+        idx = group_index(emb, layout)
+        return rows if idx is None else {k: v[:, idx] for k, v in rows.items()}
+
+    def norms(self, tensors: dict[str, torch.Tensor]) -> dict[str, list]:
+        """Per anchor (and layer group: anchor-major rows) the norm of each vector."""
+        out = {}
+        for k, v in tensors.items():
+            n = v.detach().float().norm(dim=-1)
+            out[k] = (n.reshape(-1, n.shape[-1]) if n.dim() > 2 else n).cpu().tolist()
+        return out
 
     # ---- reporting ----------------------------------------------------------------------------------
     def describe(self, emb: Embedding) -> dict[str, Any]:
-        return {
+        out = {
             "kind": self.name,
             "anchors": [round(float(t), 3) for t in emb.kind_info["timesteps"]],
             "standard_at": float(emb.kind_info["standard"]),
-            "anchor_norms": {k: [[round(float(x), 6) for x in row] for row in v.norm(dim=-1)]
-                             for k, v in emb.parts.items()},
+            "anchor_norms": {k: [[round(float(x), 6) for x in row] for row in rows]
+                             for k, rows in self.norms(emb.parts).items()},
         }
+        if _grouped(emb):
+            out.update(grouping=emb.kind_info["grouping"], groups=list(emb.kind_info["groups"]))
+        return out
 
     def export_note(self, emb: Embedding, fmt: str) -> str | None:
         if fmt == "safetensors":
@@ -159,9 +205,16 @@ class PerTimestepKind(Kind):
 
 
 def standard_part_of(emb: Embedding) -> dict[str, torch.Tensor]:
-    """The standard part of a per-timestep embedding: the blend at `kind_info["standard"]`."""
+    """The standard part of a per-timestep embedding: the blend at `kind_info["standard"]` (with layer
+    groups, its mean over the groups)."""
     t = torch.tensor([float(emb.kind_info["standard"])])
-    return {k: blend(v, emb.kind_info["timesteps"], t)[0].clone() for k, v in emb.parts.items()}
+    out = {k: blend(v, emb.kind_info["timesteps"], t)[0] for k, v in emb.parts.items()}
+    return {k: (v.mean(dim=0) if v.dim() == 3 else v).clone() for k, v in out.items()}
+
+
+def _grouped(emb: Embedding) -> bool:
+    """Per-layer x per-timestep: every anchor holds one set per layer group."""
+    return "grouping" in emb.kind_info
 
 
 def _standard_timestep(text: str | float, at: list[float]) -> float:
