@@ -287,7 +287,9 @@ def test_cli_create_inspect_convert(data, tiny_model, tmp_path, capsys):
 @pytest.mark.timeout(1800)
 def test_planted_target_run_learns_on_toy(shared_data, data, tmp_path):
     """The toy model's planted concept (a blue circle it never saw, captioned by background only):
-    direct training lowers the deterministic eval loss clearly."""
+    direct training lowers the deterministic eval loss clearly. Its vectors are ~20x the token
+    embeddings' norm on toy (7.7 against 0.33), hence the larger learning rate. Measured: 0.0503 ->
+    0.0366 after 30 steps, 0.0354 after 60 (lr 0.1, batch 4)."""
     from models.toy.planted import INIT_TEXT, TEMPLATE, make_planted_dataset
 
     toy = load_base_model("toy", shared_data)  # shipped weights: a failure is a defect
@@ -299,8 +301,8 @@ def test_planted_target_run_learns_on_toy(shared_data, data, tmp_path):
 
     cfg = TrainConfig.from_dict(dict(
         embedding="dplant", dataset=str(folder), model="toy", resolution=64, bucket_step=8, min_bucket=32,
-        max_bucket=128, lr="0.01", max_steps=60, batch_size=2, save_every=0, preview_every=0, not_learning_steps=0,
-        template="planted", seed=1, eval_every=20, eval_images=8, run_name="dplant"))
+        max_bucket=128, lr="0.1", lr_kind="constant", max_steps=40, batch_size=4, save_every=0, preview_every=0,
+        not_learning_steps=0, template="planted", seed=1, eval_every=20, eval_images=8, run_name="dplant"))
     job = Job(id="dplant", kind="train", title="dplant")
     train(cfg, toy, data, job)
     evals = [e.data["loss"] for e in job.events("eval")]
