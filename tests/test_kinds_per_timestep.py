@@ -430,3 +430,18 @@ def test_planted_timestep_target_is_fitted_better_by_per_timestep_training(data,
           f"per-timestep {per_timestep:.5f}; anchors apart by {gap:.4f}")
     assert per_timestep < standard, (per_timestep, standard)
     assert gap > 0.05 * float(emb.parts["clip_l"].norm(dim=-1).mean())
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_per_timestep(tiny_model, data, tmp_path, solid_dataset):
+    """Data-parallel: each process blends its own samples' timesteps; the anchors' gradients are averaged."""
+    from test_cli_train import _config, _launch_two
+
+    save_embedding(PER_TIMESTEP.make(_std(tiny_model, "flatcol"), tiny_model.unet),
+                   data.embeddings / "flatcol.safetensors")
+    cfg = _config(tmp_path, solid_dataset, max_steps=2, run_name="ddp", save_every=0)
+    proc = _launch_two(data, cfg, "--config", str(cfg), port=29561)
+    assert "x 2 processes" in proc.stdout
+    final = load_embedding(RunFolder(data.runs / "ddp").final / "flatcol.safetensors")
+    assert final.kind == "per-timestep" and final.step == 2 and final.is_finite()
+    assert not torch.equal(final.parts["clip_l"][0], final.parts["clip_l"][1])
