@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ui import gradio_fixes
 from workspace.datadir import DataDir
 
 log = logging.getLogger(__name__)
@@ -187,5 +188,6 @@ def launch(data: DataDir, *, port: int = 7860, model: str | None = None, listen:
         quiet=not block,
         css=CSS,
         js=drop_handler_js(),
+        app_kwargs={"routes": gradio_fixes.routes()},  # before Gradio's own routes (ui/gradio_fixes.py)
     )
     return demo, result
