@@ -445,3 +445,17 @@ def test_two_cpu_processes_train_per_timestep(tiny_model, data, tmp_path, solid_
     final = load_embedding(RunFolder(data.runs / "ddp").final / "flatcol.safetensors")
     assert final.kind == "per-timestep" and final.step == 2 and final.is_finite()
     assert not torch.equal(final.parts["clip_l"][0], final.parts["clip_l"][1])
+
+
+def test_train_tab_heat_map_rows_are_the_anchors(tiny_model, tmp_path):
+    from ui.train_tab import heatmap_labels
+
+    for grouping, want in (("none", ("t=0", "t=999")),
+                           ("stage", ("t=0 down", "t=0 mid", "t=0 up", "t=999 down", "t=999 mid", "t=999 up"))):
+        folder = tmp_path / grouping
+        (folder / "original").mkdir(parents=True)
+        emb = PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet, anchor_grouping=grouping)
+        save_embedding(emb, folder / "original" / "zork.safetensors")
+        names, title = heatmap_labels(str(folder))
+        assert names == want and title.startswith("Vector norms per anchor timestep")
+        assert len(PER_TIMESTEP.norms(emb.parts)["clip_l"]) == len(want)  # one row per label

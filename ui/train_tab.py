@@ -413,6 +413,12 @@ def heatmap_labels(run_folder: str | None) -> tuple[tuple[str, ...] | None, str]
             log.info("cannot read %s for the heat map's rows: %s", path, e)
             continue
         groups = info.get("groups")
+        anchors = info.get("timesteps")  # per-timestep: a row per anchor (and layer group)
+        if isinstance(anchors, list) and all(isinstance(t, int | float) for t in anchors):
+            names = [f"t={t:g}" for t in anchors]
+            if isinstance(groups, list):
+                names = [f"{n} {g}" for n in names for g in groups]
+            return tuple(names), "Vector norms per anchor timestep" + (" and layer group" if groups else "")
         if isinstance(groups, list) and all(isinstance(g, str) for g in groups):
             grouping = info.get("grouping")
             return tuple(groups), f"Vector norms per layer group ({grouping})" if grouping else ""
