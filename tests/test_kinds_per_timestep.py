@@ -459,3 +459,15 @@ def test_train_tab_heat_map_rows_are_the_anchors(tiny_model, tmp_path):
         names, title = heatmap_labels(str(folder))
         assert names == want and title.startswith("Vector norms per anchor timestep")
         assert len(PER_TIMESTEP.norms(emb.parts)["clip_l"]) == len(want)  # one row per label
+
+
+def test_embeddings_tab_and_library_say_the_anchors(tiny_model, data):
+    from embeddings.library import EmbeddingLibrary
+    from ui.embeddings_tab import _kind_lines
+
+    emb = PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet, anchors="3", anchor_grouping="stage")
+    (line,) = _kind_lines(emb)
+    assert "3 anchor sets at t = 0, 499.5, 999" in line and "stage group (3)" in line and "t = 499.5" in line
+    save_embedding(emb, data.embeddings / "zork.safetensors")
+    entry = EmbeddingLibrary.for_data(data).resolve("zork")
+    assert entry.kind == "per-timestep" and entry.layer_groups == 3

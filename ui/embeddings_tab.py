@@ -138,6 +138,11 @@ def _kind_lines(emb) -> list[str]:
     if "experimental" in details:  # direct conditioning: say what it cannot do
         groups = f"{len(details['groups'])} {details['grouping']} group(s); " if "groups" in details else ""
         return [f"- kind: **{kind.label}**: {groups}{details['experimental']}"]
+    if "anchors" in details:  # per-timestep
+        groups = f", each one set per {details['grouping']} group ({len(details['groups'])})" if "groups" in details else ""
+        return [f"- kind: **{kind.label}**: {len(details['anchors'])} anchor sets at t = "
+                f"{', '.join(f'{t:g}' for t in details['anchors'])}{groups}; other tools get the standard part (the "
+                f"blend at t = {details['standard_at']:g}); .pt / diffusers exports hold only that part"]
     if "groups" not in details:
         return []
     std = details.get("standard_part", "mean")
