@@ -471,3 +471,17 @@ def test_embeddings_tab_and_library_say_the_anchors(tiny_model, data):
     save_embedding(emb, data.embeddings / "zork.safetensors")
     entry = EmbeddingLibrary.for_data(data).resolve("zork")
     assert entry.kind == "per-timestep" and entry.layer_groups == 3
+
+
+def test_create_tab_makes_one(data, tiny_model):
+    from ui.create_tab import create
+    from ui.embeddings_tab import inspect
+    from ui.state import AppContext
+
+    ctx = AppContext(data=data)
+    msg, name = create(ctx, "tiny", "pttab", "cat", 2, "text", "safetensors", False, "per-timestep",
+                       {"anchors": "4", "standard_at": "mid", "anchor_grouping": "none"})
+    assert name == "pttab" and "Per-timestep, 4 anchor sets" in msg
+    emb = load_embedding(data.embeddings / "pttab.safetensors")
+    assert emb.kind == "per-timestep" and emb.parts["clip_l"].shape == (4, 2, 32)
+    assert "4 anchor sets at t = 0, 333, 666, 999" in inspect(ctx, "pttab")[1]

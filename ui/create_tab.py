@@ -84,8 +84,10 @@ def create(ctx: AppContext, model_spec: str, name: str, init_text: str, vectors:
     if existing is not None and existing != path:
         existing.unlink(missing_ok=True)  # replaced by the new file in another format
     widths = ", ".join(f"{key} {width}" for key, width in emb.widths.items())
-    groups = len(chosen.describe(emb).get("groups", []))
-    what = f"{chosen.label}, {groups} layer groups, " if groups else ""
+    details = chosen.describe(emb)
+    groups, anchors = len(details.get("groups", [])), len(details.get("anchors", []))
+    what = (f"{chosen.label}, " + (f"{anchors} anchor sets, " if anchors else "")
+            + (f"{groups} layer groups, " if groups else "")) if groups or anchors else ""
     msg = (f"Created **{emb.name}** ({what}{emb.num_vectors} vector(s), width {widths}) on {model.label}: "
            f"`{path.name}`. Train it in the Train tab.")
     return msg, emb.name
