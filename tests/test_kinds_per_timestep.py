@@ -432,6 +432,37 @@ def test_planted_timestep_target_is_fitted_better_by_per_timestep_training(data,
     assert gap > 0.05 * float(emb.parts["clip_l"].norm(dim=-1).mean())
 
 
+def test_sigkill_mid_run_leaves_per_timestep_files_that_resume(tiny_model, data, tmp_path, solid_dataset):
+    import signal
+    import time
+
+    from test_cli_train import _app, _config
+
+    save_embedding(PER_TIMESTEP.make(_std(tiny_model, "flatcol"), tiny_model.unet, anchors="3"),
+                   data.embeddings / "flatcol.safetensors")
+    proc = _app(data, "--config", str(_config(tmp_path, solid_dataset, max_steps=1000, run_name="killed")))
+    run = RunFolder(data.runs / "killed")
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and not (run.bundle_path.is_file() and len(run.read_loss()) >= 3):
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    state = load_bundle(run.bundle_path)
+    assert state.embedding_kind == "per-timestep" and state.vectors["clip_l"].shape == (3, 2, 32)
+    snaps = run.snapshot_files()
+    assert snaps and all(load_embedding(p).kind == "per-timestep" and load_embedding(p).is_finite() for p in snaps)
+    proc = _app(data, "--resume", str(run.path), "--steps", str(state.step + 2))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    final = load_embedding(run.final / "flatcol.safetensors")
+    assert final.kind == "per-timestep" and final.step == state.step + 2
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_train_per_timestep(tiny_model, data, tmp_path, solid_dataset):
     """Data-parallel: each process blends its own samples' timesteps; the anchors' gradients are averaged."""
