@@ -2,7 +2,8 @@
 
 Runs the real app on localhost with the tiny model, trains the same run (same seed, same data)
 under each condition, and prints a table. The browser is Debian's Chromium through Playwright,
-on the Train tab, so its gr.Timer polls the job once a second as a user's page would.
+on the Train tab, so its poller (ui/static/train_live.js) asks for the job's news once a second as
+a user's page would.
 
 On a shared machine the it/s columns are noisy (a neighbour's load moves them more than the page
 does); the browser's own CPU time per 100 training steps (all Chromium processes, from psutil) is
@@ -204,9 +205,12 @@ def main() -> None:
                             page.close()
                 browser.close()
 
+    import ui.train_tab
+
     base = statistics.median(r["it_s"] for r in results["no browser"])
     print(f"\ntiny model, {args.steps} steps x {args.rounds} rounds at {args.resolution}px, "
-          f"{os.cpu_count()} CPU threads, page polls every 1 s (medians; spread = min..max)")
+          f"{os.cpu_count()} CPU threads, page polls every {ui.train_tab.POLL_SECONDS:g} s "
+          "(medians; spread = min..max)")
     print(f"{'condition':<18} {'it/s (wall)':>12} {'spread':>14} {'it/s (reported)':>16} {'vs no browser':>14} "
           f"{'browser CPU s / 100 steps':>26}")
     for cond in conditions:

@@ -92,8 +92,16 @@ def test_full_workflow_in_browser(browser, app, tmp_path):
     from embeddings.formats import load_embedding
 
     page = browser.new_page(accept_downloads=True, viewport={"width": 1400, "height": 1000})
+    page.add_init_script("window.tiFrames = 0; { const raf = window.requestAnimationFrame; "
+                         "window.requestAnimationFrame = (f) => { window.tiFrames++; return raf(f); }; }")
     page.goto(app.url)
     expect(page.get_by_role("tab", name="Create")).to_be_visible(timeout=90_000)
+    # An idle page asks for (almost) no animation frames: Gradio's loading overlay used to leave a
+    # 60-a-second loop running for good (ui/gradio_fixes.py), 3 s of which would be 180.
+    time.sleep(3)
+    frames = page.evaluate("window.tiFrames")
+    time.sleep(3)
+    assert page.evaluate("window.tiFrames") - frames < 60
 
     # --- Create: the plan shows live, then the file is written ------------------------------------
     fill(page, "create_name", "bcat")
@@ -203,6 +211,18 @@ def test_full_workflow_in_browser(browser, app, tmp_path):
     expect(page.locator("#train_max_steps input")).to_have_value("5000", timeout=90_000)  # the run's settings
     expect(page.locator("#train_embedding input")).to_have_value("bcat")
     expect(page.locator("#train_dataset input")).to_have_value("bset")
+    # the page polls with one small request a second while the Train tab is shown, none elsewhere
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if "gradio_api/run/train_live" in r.url else None)
+    time.sleep(3)
+    assert len(polls) >= 2
+    page.get_by_role("tab", name="Create").click()
+    time.sleep(1)
+    polls.clear()
+    time.sleep(3)
+    assert polls == []
+    page.get_by_role("tab", name="Train").click()
+    expect(page.locator("#train_status")).to_contain_text(re.compile(r"running · step \d+/5000"), timeout=30_000)
     page.get_by_role("button", name="Interrupt", exact=True).click()
     expect(page.locator("#train_status")).to_contain_text("interrupted", timeout=120_000)
     stopped_at = int(re.search(r"step (\d+)/5000", page.locator("#train_status").inner_text()).group(1))

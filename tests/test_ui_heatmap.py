@@ -14,7 +14,7 @@ from embeddings.formats import save_embedding
 from jobs import events as ev
 from jobs.view import JobView, fold
 from ui.layer_heatmap import STOPS, colour, heatmap_html, short_name
-from ui.train_tab import Sent, heatmap_labels, heatmap_output
+from ui.train_tab import Sent, heatmap_labels, heatmap_update, live_update
 
 GROUPS = ["down_blocks.0.attentions.0", "mid_block.attentions.0", "up_blocks.1.attentions.2"]
 
@@ -73,27 +73,28 @@ def test_the_tab_sends_the_heatmap_when_its_step_changes_and_hides_it_for_standa
     folder = _run_folder(tmp_path)
     assert heatmap_labels(folder) == (tuple(GROUPS), "Vector norms per layer group (block)")
     view, sent = JobView(title="t"), Sent()
-    assert isinstance(heatmap_output(view, "a", sent), type(gr.skip()))  # nothing yet: nothing shown
+    assert heatmap_update(view, "a", sent) is None  # nothing yet: nothing sent
     fold(view, [ev.State("running"), ev.Files((folder,), ev.Files.RUN_FOLDER), _norms(1)])
-    shown = heatmap_output(view, "a", sent)
-    assert shown["visible"] is True and "step 1" in shown["value"] and ">mid 0<" in shown["value"]
-    assert isinstance(heatmap_output(view, "a", sent), type(gr.skip()))  # same step: not sent again
+    shown = heatmap_update(view, "a", sent)
+    assert "step 1" in shown and ">mid 0<" in shown
+    assert heatmap_update(view, "a", sent) is None  # same step: not sent again
     fold(view, [ev.Loss(2, 1.0, 0.01, 1.0), _norms(2, scale=5.0)])
-    assert ">0.5<" in heatmap_output(view, "a", sent)["value"]
-    assert isinstance(heatmap_output(view, "a", Sent(heat=("a", 2))), type(gr.skip()))
+    assert ">0.5<" in heatmap_update(view, "a", sent)
+    assert heatmap_update(view, "a", Sent(heat=("a", 2))) is None
 
     standard = fold(JobView(title="s"), [ev.State("running"), ev.Norms(1, {"clip_l": [0.5]})])
-    assert heatmap_output(standard, "b", sent) == gr.update(value="", visible=False)  # the next run: hidden
-    assert isinstance(heatmap_output(standard, "b", sent), type(gr.skip()))
+    assert heatmap_update(standard, "b", sent) == ""  # the next run: emptied, so hidden
+    assert heatmap_update(standard, "b", sent) is None
     assert heatmap_labels(str(tmp_path / "no-such-run")) == (None, "")
 
 
-def test_the_page_poll_feeds_the_heatmap(data):
+def test_the_page_poll_feeds_the_heatmap(data, tmp_path):
     from ui.app import build
 
+    view = fold(JobView(title="t"), [ev.State("running"), ev.Files((_run_folder(tmp_path),), ev.Files.RUN_FOLDER),
+                                     _norms(1)])
+    assert ">mid 0<" in live_update(view, "a", Sent.from_text(""))["heat"]  # in the poll's answer
     demo = build(data)
-    (poll,) = [fn for fn in demo.fns.values() if fn.api_name == "poll"]
-    ids = [getattr(c, "elem_id", None) for c in poll.outputs]
-    assert "train_heatmap" in ids and ids.index("train_heatmap") == ids.index("train_downloads") + 1
-    heat = poll.outputs[ids.index("train_heatmap")]
-    assert isinstance(heat, gr.HTML) and not heat.visible  # shown once a per-layer run sends its grid
+    slots = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "train_heatmap"]
+    assert len(slots) == 1 and isinstance(slots[0], gr.HTML)
+    assert 'id="train_heatmap_live"' in slots[0].value  # where the page's poller writes it

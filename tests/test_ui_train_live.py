@@ -1,17 +1,21 @@
-"""The Train tab's live view without a browser: what one poll sends (only what changed), the
-chart deltas across a resumed run, and the native resolution a model picks."""
+"""The Train tab's live view without a browser: what one poll of the page sends (only what changed,
+against the cursor the page hands back), the chart deltas across a resumed run, the poll endpoint
+behind the login, and the native resolution a model picks."""
 
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 
 import gradio as gr
+import pytest
 
 from embeddings.families import BUILTIN_MODELS, native_size
 from jobs import events as ev
 from jobs.registry import Job
 from jobs.view import JobView, ViewCache, fold
-from ui.train_tab import Sent, chart_delta, native_resolution, poll_outputs, status_markdown
+from ui.train_tab import Sent, chart_delta, file_outputs, live_update, native_resolution, status_html, status_markdown
 
 
 def _step(s, done, total, value=1.0):
@@ -19,20 +23,59 @@ def _step(s, done, total, value=1.0):
             ev.Progress(done, total, step=s, it_s=2.0, eta_s=3.0)]
 
 
-def test_a_poll_sends_only_new_points_and_unchanged_outputs_are_skipped():
-    view, sent = JobView(title="t"), Sent()
+def test_a_poll_sends_only_what_changed_and_the_cursor_travels_through_the_page():
+    view = JobView(title="t")
     fold(view, [ev.State("running"), ev.Message("dataset x: 3 image(s)"), *_step(1, 1, 4), *_step(2, 2, 4)])
-    status, bar, delta, previews, log, files = poll_outputs(view, "j", sent)
-    delta = json.loads(delta)
-    assert delta["reset"] and delta["loss"]["loss"] == [[1, 1.0], [2, 1.0]] and delta["norms"]["v0"][-1] == [2, 0.5]
-    assert "step 2/4" in status and "dataset x" in log
-    again = poll_outputs(view, "j", sent)
-    assert all(isinstance(x, type(gr.skip())) for x in again)  # nothing new: nothing is sent
+    sent = Sent.from_text("")  # a new page
+    out = live_update(view, "j", sent)
+    assert set(out) == {"charts", "status", "bar", "log", "refresh"}  # everything; no heat map for this run
+    assert out["charts"]["reset"] and out["charts"]["loss"]["loss"] == [[1, 1.0], [2, 1.0]]
+    assert out["charts"]["norms"]["v0"][-1] == [2, 0.5]
+    assert "step 2/4" in out["status"] and "dataset x" in out["log"] and "width:50.0%" in out["bar"]
+    cursor = sent.to_text()
+    assert live_update(view, "j", Sent.from_text(cursor)) == {}  # nothing new: nothing is sent
     fold(view, _step(3, 3, 4))
-    status, bar, delta, previews, log, files = poll_outputs(view, "j", sent)
-    assert json.loads(delta) == {"job": "j", "reset": False, "loss": {"loss": [[3, 1.0]], "smoothed": [[3, 1.0]]},
-                                 "norms": {"v0": [[3, 0.5]]}}
-    assert "step 3/4" in status and isinstance(log, type(gr.skip())) and isinstance(previews, type(gr.skip()))
+    sent = Sent.from_text(cursor)
+    out = live_update(view, "j", sent)
+    assert set(out) == {"charts", "status", "bar"}
+    assert out["charts"] == {"job": "j", "reset": False, "loss": {"loss": [[3, 1.0]], "smoothed": [[3, 1.0]]},
+                             "norms": {"v0": [[3, 0.5]]}}
+    assert "step 3/4" in out["status"]
+    fold(view, [ev.Preview(step=3, path="p3.png", prompt="a cat"), ev.Message("saved")])
+    out = live_update(view, "j", sent)
+    assert out["refresh"] is True and out["log"].index("saved") < out["log"].index("dataset x")  # newest first
+    files = Sent()  # the tab's server-side State for the gallery and downloads
+    gallery, downloads = file_outputs(view, "j", files)
+    assert gallery == [("p3.png", "step 3 · a cat")] and downloads is None
+    assert all(isinstance(x, type(gr.skip())) for x in file_outputs(view, "j", files))  # shown already
+    assert file_outputs(view, "k", files)[0] == [("p3.png", "step 3 · a cat")]  # another job: sent again
+
+
+def test_the_status_line_is_escaped_html_with_its_bold_marks():
+    assert status_html("**run <1>** — failed\n\n**Failed:** a_b *c*") == (
+        "<p><strong>run &lt;1&gt;</strong> — failed</p><p><strong>Failed:</strong> a_b *c*</p>")
+
+
+def test_a_cursor_with_a_nan_point_does_not_reset_the_charts_every_poll():
+    view = JobView()
+    fold(view, [*_step(1, 1, 4), *_step(2, 2, 4, value=float("nan"))])
+    sent = Sent()
+    assert live_update(view, "j", sent)["charts"]["loss"]["loss"] == [[1, 1.0], [2, None]]
+    assert "charts" not in live_update(view, "j", Sent.from_text(sent.to_text()))
+    assert Sent.from_text("not json") == Sent() and Sent.from_text('{"points": 3}') == Sent()
+
+
+def test_the_poll_endpoint_answers_the_page_and_only_behind_the_login(data):
+    from tests.ui_fixtures import running_app
+
+    with running_app(data, auth="u:secret") as app:
+        req = urllib.request.Request(f"{app.url}/gradio_api/run/train_live", data=json.dumps({"data": [""]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=30)
+        assert refused.value.code in (401, 403)
+        answer = json.loads(app.client(auth=("u", "secret")).predict("", api_name="/train_live"))
+        assert answer["status"] == "<p>No training run yet.</p>" and Sent.from_text(answer["cursor"]).status != -1
 
 
 def test_a_step_logged_again_resets_the_page_charts():

@@ -132,9 +132,10 @@ def test_preprocess_captions_train_interrupt_resume(app, tmp_path):
     assert "pcat" in msg
     job = _wait(lambda: app.ctx.registry.latest("train"), lambda j: j is not None and j.state.done)
     assert job.state.value == "finished", job.error
-    status, _, delta, gallery, log, downloads = c.predict(api_name="/poll")  # the Sent State stays server-side
-    assert "step 10/10" in status
-    delta = json.loads(delta)
+    live = json.loads(c.predict("", api_name="/train_live"))  # what a newly opened page gets
+    status, delta, log = live["status"], live["charts"], live["log"]
+    assert "step 10/10" in status and live["refresh"]
+    gallery, downloads = c.predict(api_name="/train_files")  # the Sent State stays server-side
     assert delta["reset"] and [s for s, _ in delta["loss"]["loss"]] == list(range(1, 11))
     assert set(delta["loss"]) == {"loss", "smoothed"} and delta["norms"]["v0"]
     assert len(gallery) >= 2 and "step 5" in gallery[0]["caption"]
@@ -148,8 +149,8 @@ def test_preprocess_captions_train_interrupt_resume(app, tmp_path):
     c.predict(*args, api_name="/start_training")
     idle = _wait(lambda: app.ctx.registry.latest("train"), lambda j: j is not job and j.state.done)
     assert idle.result["stopped"] == "nothing to do"
-    status, *_ = c.predict(api_name="/poll")
-    assert "**Nothing trained:** nothing to train: pcat is already at step 10" in status
+    status = json.loads(c.predict("", api_name="/train_live"))["status"]
+    assert "<strong>Nothing trained:</strong> nothing to train: pcat is already at step 10" in status
 
     # restore settings: picking the trained embedding fills the form with its settings
     restored = c.predict("pcat", api_name="/restore_settings")
@@ -178,9 +179,9 @@ def test_preprocess_captions_train_interrupt_resume(app, tmp_path):
     c.predict(api_name="/interrupt")
     assert resumed.wait(120).value == "interrupted"
     # one timeline: the resumed run's view holds the steps before the interrupt too, in absolute steps
-    status, _, delta, *_ = c.predict(api_name="/poll")
-    end = resumed.last("progress").data["step"]
-    steps = [s for s, _ in json.loads(delta)["loss"]["loss"]]
+    live = json.loads(c.predict("", api_name="/train_live"))
+    status, end = live["status"], resumed.last("progress").data["step"]
+    steps = [s for s, _ in live["charts"]["loss"]["loss"]]
     assert steps[0] == 11 and steps[-1] == end and stopped_at in steps  # pcat was at step 10
     assert f"step {end}/5000" in status
 

@@ -35,6 +35,9 @@ CSS = """
 .ti-log li.ti-warn { color: var(--color-accent); font-weight: 600; }
 .ti-log li.ti-err { color: #dc2626; font-weight: 600; }
 .ti-chart { width: 100%; height: 220px; display: block; }
+/* the Train tab's live slots (written by static/train_live.js); an empty log or heat map takes no room */
+.ti-status-line p { margin: 0.2em 0; }
+#train_log:has(.ti-live:empty), #train_heatmap:has(.ti-live:empty) { display: none; }
 .ti-chart-small { height: 170px; }
 /* the Train tab's per-layer norm heat map (ui/layer_heatmap.py) */
 .ti-heatmap { font-size: 12px; }
@@ -88,8 +91,9 @@ def launch_settings(port: int = 7860, listen: bool = False, auth: str | None = N
 
 def drop_handler_js() -> str:
     """The page's own scripts, run once on page load: the folder-drop handler (Gradio 6.31 ignores
-    dropped folders) and the Train tab's charts (fed with only the new points)."""
-    parts = [(STATIC / name).read_text(encoding="utf-8") for name in ("folder_drop.js", "train_charts.js")]
+    dropped folders), the Train tab's charts (fed with only the new points) and its poller."""
+    parts = [(STATIC / name).read_text(encoding="utf-8")
+             for name in ("folder_drop.js", "train_charts.js", "train_live.js")]
     # Gradio runs `js` as one function body: wrap each file so each keeps its own scope.
     return "() => {\n" + "\n".join(f"({_as_function(p)})();" for p in parts) + "\n}"
 
@@ -142,15 +146,17 @@ def _add_tabs(gr, ctx, demo) -> None:
                  show_progress="hidden")
     t_train.select(train.refresh_fn, train.refresh_inputs, train.refresh_outputs, api_visibility="private",
                    show_progress="hidden")
-    # The Train and Preprocess tabs poll their job once a second, each only while it is shown (the
+    # The Preprocess tab polls its job once a second with a gr.Timer, only while it is shown (the
     # browser already stops timers in a hidden window): polling costs CPU a run on a small machine
-    # needs. The Train charts redraw on coming back.
-    timers = [(t_pre, pre.timer), (t_train, train.timer)]
+    # needs. The Train tab's own poller (static/train_live.js) runs only while that tab is shown and
+    # the window visible; selecting the tab starts it (and redraws the charts).
+    timers = [(t_pre, pre.timer)]
     for tab in (t_create, t_pre, t_train, t_eval, t_emb, t_gen):
         def only(shown=tab):
             return [gr.Timer(active=owner is shown) for owner, _ in timers]
 
-        js = "() => { setTimeout(() => window.tiCharts && window.tiCharts.redraw(), 50); }" if tab is t_train else None
+        js = ("() => { window.tiLive && window.tiLive.now(); "
+              "setTimeout(() => window.tiCharts && window.tiCharts.redraw(), 50); }") if tab is t_train else None
         tab.select(only, None, [timer for _, timer in timers], api_visibility="private", show_progress="hidden",
                    js=js)
     t_emb.select(emb.refresh_fn, emb.refresh_inputs, emb.refresh_outputs, api_visibility="private",

@@ -2,9 +2,12 @@
 
 The form is generated from `TrainConfig`'s fields, so a new option appears here (in "Advanced")
 the day the training engineers add it, and what the form fills is exactly what the CLI reads.
-The live view is a `gr.Timer` that reads the job's event log by cursor, folded into the job's view
-(jobs.view, the same view `app.py train` prints): the run belongs to the server, not to the page,
-so reloading or opening a second tab re-attaches to it.
+The live view reads the job's event log by cursor, folded into the job's view (jobs.view, the same
+view `app.py train` prints): the run belongs to the server, not to the page, so reloading or opening
+a second tab re-attaches to it. The page polls it with a small script (static/train_live.js) rather
+than a gr.Timer: a Gradio event a second cost the browser a tenth of a core, which a training run
+on a small machine feels. The script writes the status, bar, log, heat map and chart points into
+the page itself, and asks Gradio for the gallery and downloads only when a preview or file is added.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import logging
 import math
 import typing
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +56,7 @@ ADVANCED: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Snapshots", ("save_png_embeddings", "snapshot_formats", "run_name")),
 )
 TEXTS: dict[str, FieldText] = {key: FieldText(*text) for key, text in FIELD_TEXT.items()}
-POLL_SECONDS = 1.0  # status line; the page redraws the charts at most every 3 s (static/train_charts.js)
+POLL_SECONDS = 1.0  # how often the page polls (static/train_live.js); it redraws charts at most every 3 s
 MAX_PLOT_POINTS = 1500
 
 
@@ -211,6 +215,12 @@ def dataset_report(ctx: AppContext, dataset: str, embedding: str, template: str,
 
 
 # --- the live view -------------------------------------------------------------------------------------------
+def live_slot(slot_id: str, inner: str, css_class: str = "", **data: Any) -> str:
+    """A place in the page that the poller (static/train_live.js) writes into by its id."""
+    attrs = "".join(f' data-{k.replace("_", "-")}="{html.escape(str(v))}"' for k, v in data.items())
+    return f'<div id="{slot_id}" class="ti-live {css_class}"{attrs}>{inner}</div>'
+
+
 @dataclass
 class LiveView:
     status: str
@@ -332,17 +342,38 @@ def progress_html(fraction: float, failed: bool = False) -> str:
 @dataclass
 class Sent:
     """What one browser tab has been sent of one job, so a poll sends only what changed: chart
-    points past the last step sent, and the other outputs only when they differ."""
+    points past the last step sent, and the other outputs only when they differ. The page keeps
+    it as an opaque cursor (`to_text`) and hands it back with every poll, so the answer is a pure
+    function of (the job's view, the cursor) and a reloaded page (empty cursor) gets everything."""
 
     job: str = ""
     # series -> (points sent, the last point sent): a series whose point there differs went back
-    points: dict[str, tuple[int, tuple[int, float] | None]] = dataclasses.field(default_factory=dict)
-    status: str = ""
-    bar: str = ""
-    log: int = -1
+    points: dict[str, tuple[int, tuple[int, float | None] | None]] = dataclasses.field(default_factory=dict)
+    status: int = -1  # digest of the status line shown
+    bar: int = -1  # digest of the progress bar shown
+    log: int = -1  # notes shown
     previews: int = -1
     files: int = -1
     heat: tuple[str, int] | None = None  # (job, step) of the heat map shown; None: none shown
+
+    def to_text(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_text(cls, text: str | None) -> Sent:
+        """The cursor a page sent back; anything unreadable (a new page: "") is a fresh one, which
+        makes the next answer resend everything."""
+        try:
+            raw = json.loads(text or "{}")
+            points = {str(k): (int(n), None if last is None else (int(last[0]), last[1]))
+                      for k, (n, last) in raw.get("points", {}).items()}
+            heat = raw.get("heat")
+            return cls(job=str(raw.get("job", "")), points=points, status=int(raw.get("status", -1)),
+                       bar=int(raw.get("bar", -1)), log=int(raw.get("log", -1)),
+                       previews=int(raw.get("previews", -1)), files=int(raw.get("files", -1)),
+                       heat=None if heat is None else (str(heat[0]), int(heat[1])))
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return cls()
 
 
 def chart_delta(sent: Sent, job_id: str, loss: dict[str, list[tuple[int, float]]],
@@ -353,7 +384,7 @@ def chart_delta(sent: Sent, job_id: str, loss: dict[str, list[tuple[int, float]]
     reset = sent.job != job_id
     for name, points in (*loss.items(), *norms.items()):
         count, last = sent.points.get(name, (0, None))
-        if count and (len(points) < count or tuple(points[count - 1]) != last):
+        if count and (len(points) < count or _point(points[count - 1]) != last):
             reset = True
     if reset:
         sent.job, sent.points = job_id, {}
@@ -366,7 +397,7 @@ def chart_delta(sent: Sent, job_id: str, loss: dict[str, list[tuple[int, float]]
             if not new:
                 continue
             out[chart][name] = [[s, _finite(v)] for s, v in (_thin(new, share) if reset else new)]
-            sent.points[name] = (len(points), tuple(points[-1]))
+            sent.points[name] = (len(points), _point(points[-1]))
     return out if reset or out["loss"] or out["norms"] else None
 
 
@@ -374,25 +405,66 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def poll_outputs(view: JobView | None, job_id: str | None, sent: Sent, note: str = "") -> list[Any]:
-    """[status, bar, chart delta, previews, log, downloads] for one tick: gr.skip() for each that
-    this tab already shows. `note` follows the status (the rest of the queue)."""
+def _point(point: tuple[int, float]) -> tuple[int, float | None]:
+    """A chart point as the cursor keeps it: a non-finite value as None, so it compares equal to
+    itself after the trip through the page (NaN != NaN would reset the charts every poll)."""
+    return int(point[0]), _finite(float(point[1]))
+
+
+def status_html(text: str) -> str:
+    """The status line's few Markdown marks (**bold**, blank-line paragraphs) as HTML, the rest
+    escaped: the page writes it as it is, no Markdown renderer in between."""
+    paragraphs = []
+    for para in text.split("\n\n"):
+        parts = html.escape(para).split("**")
+        paragraphs.append("".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts)))
+    return "".join(f"<p>{p}</p>" for p in paragraphs)
+
+
+def _digest(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def live_update(view: JobView | None, job_id: str | None, sent: Sent, note: str = "") -> dict[str, Any]:
+    """One poll of the page (static/train_live.js): what changed since `sent` (the page's cursor,
+    updated here). Keys appear only when their part changed: "status" and "bar" (HTML), "charts"
+    (chart_delta), "log" (HTML), "heat" (HTML; "" hides it); "refresh": True when a preview or a
+    file was added, so the page asks Gradio for the gallery and the downloads (file_outputs).
+    `note` follows the status (the rest of the queue)."""
     shown = live_view(view)
-    shown.status += note
     job_id = job_id or "none"
+    out: dict[str, Any] = {}
     delta = chart_delta(sent, job_id, shown.loss, shown.norms)
-    out: list[Any] = []
-    bar = progress_html(shown.progress)
-    for attr, value in (("status", shown.status), ("bar", bar)):
-        out.append(gr.skip() if getattr(sent, attr) == value else value)
-        setattr(sent, attr, value)
-    out.append(gr.skip() if delta is None else json.dumps(delta, separators=(",", ":")))
-    counts = (("previews", len(view.previews) if view else 0, shown.previews),
-              ("log", len(view.notes) if view else 0, shown.log),
-              ("files", len(view.files) if view else 0, shown.downloads or None))
     reset = delta is not None and delta["reset"]
-    for attr, count, value in counts:
-        out.append(value if reset or getattr(sent, attr) != count else gr.skip())
+    if delta is not None:
+        out["charts"] = delta
+    for key, value in (("status", status_html(shown.status + note)), ("bar", progress_html(shown.progress))):
+        if _digest(value) != getattr(sent, key):
+            out[key] = value
+            setattr(sent, key, _digest(value))
+    notes = len(view.notes) if view is not None else 0
+    if reset or notes != sent.log:
+        out["log"], sent.log = shown.log, notes
+    heat = heatmap_update(view, job_id, sent)
+    if heat is not None:
+        out["heat"] = heat
+    counts = (len(view.previews), len(view.files)) if view is not None else (0, 0)
+    if reset or counts != (sent.previews, sent.files):
+        out["refresh"] = True
+        sent.previews, sent.files = counts
+    return out
+
+
+def file_outputs(view: JobView | None, job_id: str | None, sent: Sent) -> list[Any]:
+    """[previews, downloads] for the Gradio refresh the page asks for when live_update says so:
+    gr.skip() for each this tab already shows (`sent` is the tab's server-side State, kept apart
+    from the poller's cursor)."""
+    job_id = job_id or "none"
+    new_job, sent.job = sent.job != job_id, job_id
+    out: list[Any] = []
+    for attr, count, value in (("previews", len(view.previews) if view else 0, lambda: preview_items(view) if view else []),
+                               ("files", len(view.files) if view else 0, lambda: (downloads(view) if view else []) or None)):
+        out.append(value() if new_job or getattr(sent, attr) != count else gr.skip())
         setattr(sent, attr, count)
     return out
 
@@ -425,20 +497,20 @@ def heatmap_labels(run_folder: str | None) -> tuple[tuple[str, ...] | None, str]
     return None, ""
 
 
-def heatmap_output(view: JobView | None, job_id: str | None, sent: Sent) -> Any:
+def heatmap_update(view: JobView | None, job_id: str | None, sent: Sent) -> str | None:
     """The heat map of a run whose embedding has one set of vectors per layer group (layer x
-    vector, the latest norms): rendered only when its step or the job changed, gr.skip()
-    otherwise; hidden for a run without one (a standard embedding)."""
+    vector, the latest norms) as HTML, only when its step or the job changed (None otherwise);
+    "" for a run without one (a standard embedding), which hides it."""
     latest = view.norms[-1] if view is not None and view.norms else None
     grid = view.layer_grid() if latest is not None and latest.layers else None
     key = None if grid is None else (job_id or "none", grid[0])
     if key == sent.heat:
-        return gr.skip()
+        return None
     sent.heat = key
     if grid is None:
-        return gr.update(value="", visible=False)
+        return ""
     names, title = heatmap_labels(view.run_folder)
-    return gr.update(value=heatmap_html(grid[0], grid[1], names, title), visible=True)
+    return heatmap_html(grid[0], grid[1], names, title)
 
 
 # --- actions -----------------------------------------------------------------------------------------------
@@ -652,25 +724,28 @@ def build(ctx: AppContext, demo=None):
                 other = tuple(n for n in hints if n not in grouped and n not in comps)
                 comps.update(grouped_fields([*ADVANCED, ("Other", other)], hints, make))
         with gr.Column(scale=6, elem_id="train_dashboard"):
-            status_md = gr.Markdown("No training run yet.", elem_id="train_status")
-            bar = gr.HTML(progress_html(0.0), elem_id="train_progress")
-            log_box = gr.HTML(elem_id="train_log")
+            # The status, bar, log and heat map are written by the page's poller (static/train_live.js)
+            # into these slots; mounting the status slot (the tab shown) starts it.
+            gr.HTML(live_slot("train_status_live", status_html("No training run yet."), "ti-status-line",
+                              period_ms=round(POLL_SECONDS * 1000)),
+                    elem_id="train_status", js_on_load="window.tiLive && window.tiLive.now()")
+            gr.HTML(live_slot("train_progress_live", progress_html(0.0)), elem_id="train_progress", js_on_load=None)
+            gr.HTML(live_slot("train_log_live", ""), elem_id="train_log", js_on_load=None)
             gr.HTML('<canvas id="train_loss_canvas" class="ti-chart"></canvas>', elem_id="train_loss",
                     js_on_load="window.tiCharts && window.tiCharts.redraw()")
             gr.HTML('<canvas id="train_norms_canvas" class="ti-chart ti-chart-small"></canvas>',
                     elem_id="train_norms")
-            heatmap = gr.HTML(visible=False, elem_id="train_heatmap")  # per-layer runs only
+            gr.HTML(live_slot("train_heatmap_live", ""), elem_id="train_heatmap", js_on_load=None)  # per-layer runs
             gallery = gr.Gallery(label="Previews (they appear every 'preview every' steps)", columns=4,
                                  height="auto", elem_id="train_previews")
             downloads = gr.File(label="Latest snapshot (each format)", file_count="multiple", interactive=False,
                                 elem_id="train_downloads")
-            delta = gr.Textbox(visible=True, elem_id="train_chart_delta", elem_classes=[HIDDEN_CSS_CLASS],
-                               container=False, show_label=False)
+            refresh_btn = gr.Button("Refresh previews and files", elem_id="train_refresh",
+                                    elem_classes=[HIDDEN_CSS_CLASS])  # pressed by the poller
     names = [n for n, _, _ in fields]
     form = [comps[n] for n in names]
-    sent_state = gr.State(None)  # per browser tab: a Sent (what this tab shows); None after a reload
+    sent_state = gr.State(None)  # per browser tab: a Sent (previews, files shown); None after a reload
     auto_resolution = gr.State(None)  # the resolution the form set from the model (not the person)
-    timer = gr.Timer(POLL_SECONDS, active=False)  # the app starts it when the Train tab is shown
 
     # live helpers
     sched_inputs = [comps["lr"], comps["lr_kind"], comps["max_steps"], comps["warmup_steps"], comps["min_lr"]]
@@ -743,16 +818,28 @@ def build(ctx: AppContext, demo=None):
 
     views = ViewCache(history=True)  # one folded view per job, shared by every open tab
 
-    def poll(sent):
-        sent = sent if isinstance(sent, Sent) else Sent()
+    def shown_job():
         job = current_job(ctx)
-        view = views.get(job) if job is not None else None
-        job_id = job.id if job is not None else None
-        return [*poll_outputs(view, job_id, sent, queue_note(ctx, job)), heatmap_output(view, job_id, sent), sent]
+        return job, (views.get(job) if job is not None else None), (job.id if job is not None else None)
 
-    timer.tick(poll, sent_state, [status_md, bar, delta, gallery, log_box, downloads, heatmap, sent_state],
-               api_name="poll", api_visibility="undocumented", show_progress="hidden", concurrency_limit=None)
-    delta.change(None, delta, None, js="(text) => { window.tiCharts && window.tiCharts.apply(text); }")
+    def train_live(cursor: str) -> str:
+        """What changed on the Train tab since the page's cursor, with the new cursor (JSON)."""
+        job, view, job_id = shown_job()
+        sent = Sent.from_text(cursor)
+        out = live_update(view, job_id, sent, queue_note(ctx, job))
+        return json.dumps({**out, "cursor": sent.to_text()}, separators=(",", ":"))
+
+    # Off the queue: one plain request a second per open Train tab (POST gradio_api/run/train_live).
+    gr.api(train_live, api_name="train_live", queue=False, api_visibility="undocumented")
+
+    def train_files(sent):
+        sent = sent if isinstance(sent, Sent) else Sent()
+        _, view, job_id = shown_job()
+        return [*file_outputs(view, job_id, sent), sent]
+
+    refresh_btn.click(train_files, sent_state, [gallery, downloads, sent_state], api_name="train_files",
+                      api_visibility="undocumented", show_progress="hidden", trigger_mode="always_last",
+                      concurrency_limit=None)
 
     def on_load(model_spec):
         """A (re)loaded page shows the settings of the run on screen; with no run, the resolution
@@ -778,7 +865,6 @@ def build(ctx: AppContext, demo=None):
         demo.load(schedule_plot, sched_inputs, [lr_plot, lr_msg], api_visibility="private", show_progress="hidden")
         demo.load(memory, memory_inputs, memory_md, api_visibility="private", show_progress="hidden")
     refresher = Refresh(refresh, [comps["embedding"], comps["dataset"]], [comps["embedding"], comps["dataset"]])
-    refresher.timer = timer  # type: ignore[attr-defined]  # the app pauses polling while another tab is shown
     return refresher
 
 

@@ -1,7 +1,7 @@
 // Train tab charts: loss and vector norms drawn on <canvas>, fed with only the new points.
 //
-// The server's poll writes a small JSON delta (new points since the last tick, or a reset with
-// the whole series) into a hidden textbox; `window.tiCharts.apply(text)` keeps every series in
+// The page's poller (train_live.js) hands over a small delta (new points since the last tick, or a
+// reset with the whole series); `window.tiCharts.apply(delta)` keeps every series in
 // the page and redraws at most every REDRAW_MS, so a long run costs the browser (and the
 // training process beside it on a small machine) almost nothing. window.tiCharts.series is what
 // the page holds (tests read it: absolute steps after a resume).
@@ -22,10 +22,10 @@
     if (s.length > MAX_POINTS) state.series[chart][name] = s.filter((_, i) => i % 2 === 0 || i === s.length - 1);
   }
 
-  function apply(text) {
-    if (!text) return;
-    let d;
-    try { d = JSON.parse(text); } catch (e) { return; }
+  function apply(delta) {  // the delta as an object (train_live.js) or its JSON text
+    if (!delta) return;
+    let d = delta;
+    if (typeof delta === "string") { try { d = JSON.parse(delta); } catch (e) { return; } }
     if (d.reset || d.job !== state.job) state.series = { loss: {}, norms: {} };
     state.job = d.job;
     for (const chart of ["loss", "norms"]) {
