@@ -15,7 +15,17 @@ from embeddings.families import BUILTIN_MODELS, native_size
 from jobs import events as ev
 from jobs.registry import Job
 from jobs.view import JobView, ViewCache, fold
-from ui.train_tab import Sent, chart_delta, file_outputs, live_update, native_resolution, status_html, status_markdown
+from ui.train_tab import (
+    Sent,
+    chart_columns,
+    chart_delta,
+    file_outputs,
+    live_update,
+    loss_points,
+    native_resolution,
+    status_html,
+    status_markdown,
+)
 
 
 def _step(s, done, total, value=1.0):
@@ -49,6 +59,22 @@ def test_a_poll_sends_only_what_changed_and_the_cursor_travels_through_the_page(
     assert gallery == [("p3.png", "step 3 · a cat")] and downloads is None
     assert all(isinstance(x, type(gr.skip())) for x in file_outputs(view, "j", files))  # shown already
     assert file_outputs(view, "k", files)[0] == [("p3.png", "step 3 · a cat")]  # another job: sent again
+
+
+def test_the_chart_columns_are_the_views_series():
+    """The poll reads chart points straight from the event lists (so it costs the new points
+    only); what it reads must be the view's own series, names included."""
+    view = JobView()
+    for s, value in ((1, 1.0), (2, 0.9)):
+        fold(view, [ev.Loss(step=s, loss=value, lr=0.01, smoothed=value), ev.Eval(s, value - 0.1),
+                    ev.Norms(step=s, norms={"clip_l": [0.5 * s], "clip_g": [0.1 * s, 0.2 * s]})])
+    loss, norms = chart_columns(view)
+    assert {k: list(c) for k, c in loss.items()} == loss_points(view) and set(loss) == {"loss", "smoothed", "eval"}
+    assert {k: list(c) for k, c in norms.items()} == view.norm_series()
+    assert norms["clip_g[1]"][1:] == [(2, 0.4)] and len(norms["clip_l[0]"]) == 2
+    assert chart_columns(None) == ({}, {})
+    single = fold(JobView(), _step(1, 1, 2))
+    assert {k: list(c) for k, c in chart_columns(single)[1].items()} == single.norm_series() == {"v0": [(1, 0.5)]}
 
 
 def test_the_status_line_is_escaped_html_with_its_bold_marks():
