@@ -41,7 +41,7 @@ def _unet_out(model, cond, t=500, seed=0):
 
 def test_registered_with_options_and_made_from_a_standard_embedding(tiny_model):
     assert KINDS["per-timestep"] is PER_TIMESTEP and PER_TIMESTEP.timed and PER_TIMESTEP.summary
-    assert {o.name for o in PER_TIMESTEP.options} == {"anchors", "standard_at"}
+    assert {o.name for o in PER_TIMESTEP.options} == {"anchors", "standard_at", "anchor_grouping"}
     std = _std(tiny_model)
     emb = PER_TIMESTEP.make(std, tiny_model.unet, anchors="3")
     assert emb.parts["clip_l"].shape == (3, 2, 32)
@@ -51,7 +51,8 @@ def test_registered_with_options_and_made_from_a_standard_embedding(tiny_model):
     assert PER_TIMESTEP.make(std, tiny_model.unet).kind_info["timesteps"] == [0.0, 999.0]  # default: 2, ends
     assert PER_TIMESTEP.make(std, tiny_model.unet, standard_at="250").kind_info["standard"] == 250.0
     for bad, match in (({"anchors": "1"}, "2 to 10"), ({"anchors": "x"}, "whole number"),
-                       ({"standard_at": "1200"}, "within 0-999"), ({"standard_at": "late"}, "'mid'")):
+                       ({"standard_at": "1200"}, "within 0-999"), ({"standard_at": "late"}, "'mid'"),
+                       ({"anchor_grouping": "pixel"}, "unknown layer grouping")):
         with pytest.raises(EmbeddingError, match=match):
             PER_TIMESTEP.make(std, tiny_model.unet, **bad)
     broken = emb.copy(kind_info={**emb.kind_info, "timesteps": [0.0, 999.0, 500.0]})

@@ -97,14 +97,12 @@ class PerTimestepKind(Kind):
             raise EmbeddingError(f"anchors {count}: a per-timestep embedding takes 2 to {MAX_ANCHORS} anchor sets")
         at = anchor_timesteps(count)
         info: dict[str, Any] = {"timesteps": at, "standard": _standard_timestep(standard_at, at)}
-        sets = 1
+        sets: tuple[int, ...] = (count,)
         if (anchor_grouping or NO_GROUPS) != NO_GROUPS:
             layout = _layout(unet, anchor_grouping)
             info.update(grouping=anchor_grouping, groups=list(layout.groups))
-            sets = layout.size
-        parts = {k: v.expand(count, sets, *v.shape).clone() for k, v in standard.vectors.items()}
-        if sets == 1 and "grouping" not in info:
-            parts = {k: v[:, 0] for k, v in parts.items()}
+            sets = (count, layout.size)
+        parts = {k: v.expand(*sets, *v.shape).clone() for k, v in standard.vectors.items()}
         emb = Embedding(standard.name, {k: v.clone() for k, v in standard.vectors.items()}, standard.step,
                         dict(standard.metadata), kind=self.name, parts=parts, kind_info=info)
         emb.vectors = standard_part_of(emb)
