@@ -120,6 +120,14 @@ def test_each_row_gets_its_own_blend_in_one_encoder_pass(tiny_model):
         alone = enc.encode(["a photo of zork"], {"zork": {"clip_l": vectors}})
         assert torch.equal(cond.hidden[row:row + 1], alone.hidden), row
     assert not torch.equal(cond.hidden[0], cond.hidden[1])
+    # long prompts (two 77-token chunks each): each prompt's chunks take that prompt's vectors
+    long = ["a photo of zork, " + ", ".join(["a red house"] * 25), "zork " + "very " * 80 + "zork"]
+    rows = PER_TIMESTEP.condition_at(emb, None, torch.tensor([0.0, 999.0]))
+    both = enc.encode(long, {"zork": rows})
+    assert both.hidden.shape == (2, 2 * 77, 32)
+    for b, vectors in enumerate([emb.parts["clip_l"][0], emb.parts["clip_l"][1]]):
+        alone = enc.encode([long[b]], {"zork": {"clip_l": vectors}}, min_chunks=2)
+        assert torch.equal(both.hidden[b:b + 1], alone.hidden), b
 
 
 def test_trains_anchors_apart_with_previews_eval_and_files(tiny_model, data, solid_dataset):
