@@ -310,6 +310,24 @@ def test_planted_target_run_learns_on_toy(shared_data, data, tmp_path):
     assert evals[-1] < 0.9 * evals[0], evals
 
 
+@pytest.mark.slow
+def test_two_cpu_processes_train_direct(tiny_model, data, tmp_path, solid_dataset):
+    """Data-parallel: each process splices its own samples' contexts; the layer groups' gradients are
+    averaged, and the carrier (what the encoder reads) never trains on either rank."""
+    from test_cli_train import _config, _launch_two
+
+    std = _std(tiny_model, "flatcol")
+    start = DIRECT.make(std, tiny_model.unet, model=tiny_model, direct_grouping="stage")
+    save_embedding(start, data.embeddings / "flatcol.safetensors")
+    cfg = _config(tmp_path, solid_dataset, max_steps=2, run_name="ddp", save_every=0)
+    proc = _launch_two(data, cfg, "--config", str(cfg), port=29563)
+    assert "x 2 processes" in proc.stdout
+    final = load_embedding(RunFolder(data.runs / "ddp").final / "flatcol.safetensors")
+    assert final.kind == "direct" and final.step == 2 and final.is_finite()
+    assert final.parts["clip_l"].shape == (3, 2, 32) and not torch.equal(final.parts["clip_l"], start.parts["clip_l"])
+    assert torch.equal(DIRECT.encoder_inputs(final)["clip_l"], std.vectors["clip_l"])
+
+
 def test_style_mixing_refuses_output_space_vectors(tiny_model):
     from embeddings.kinds import coarse_mask, style_mix
 
