@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 CHUNK = 77
 PLACEHOLDER_ID = 0  # A1111 uses id 0 ("!") for embedding slots; never EOS, which CLIP pools on
 BREAK = re.compile(r"(?<![^\s,])BREAK(?![^\s,])")  # the keyword, as a word of its own
+STEP_ROWS_PER_PASS = 256  # generation with a timed embedding: text-encoder rows (steps x groups) per pass
 COMMA_BACKTRACK = 20  # A1111's default: a chunk ends at its last comma when that is this close to the end
 ALIAS_SEP = "\x00"  # "name\x00j": another copy of embedding `name` in one prompt (the trainer's vector shuffle)
 
@@ -378,7 +379,14 @@ def prepare_conditioning(model, prompts: list[str], embeddings: Mapping[str, Emb
         if timed and enc.tokenize([p]).used & timed.keys():
             ts = torch.tensor([float(t) for t in timesteps], dtype=torch.float64)
             at = {**vecs, **{n: kind_of(e).condition_at(e, layout, ts) for n, e in timed.items()}}
-            conds.append(enc.encode([p] * len(ts), at, min_chunks=chunks))
+            # a pass holds steps x layer groups rows: bound it (the result is the same in pieces)
+            per_pass = max(1, STEP_ROWS_PER_PASS // (layout.size if layout is not None else 1))
+            pieces = [enc.encode([p] * len(ts[i:i + per_pass]),
+                                 {n: {k: t[i:i + per_pass] if n in timed else t for k, t in v.items()}
+                                  for n, v in at.items()}, min_chunks=chunks)
+                      for i in range(0, len(ts), per_pass)]
+            conds.append(TextConditioning(torch.cat([c.hidden for c in pieces]),
+                                          None if pieces[0].pooled is None else torch.cat([c.pooled for c in pieces])))
         else:
             conds.append(enc.encode([p], vecs, min_chunks=chunks))
     length = max(c.hidden.shape[1] for c in conds)

@@ -525,3 +525,21 @@ def test_create_tab_makes_one(data, tiny_model):
     emb = load_embedding(data.embeddings / "pttab.safetensors")
     assert emb.kind == "per-timestep" and emb.parts["clip_l"].shape == (4, 2, 32)
     assert "4 anchor sets at t = 0, 333, 666, 999" in inspect(ctx, "pttab")[1]
+
+
+def test_step_encodings_in_bounded_passes_are_the_same(tiny_model, monkeypatch):
+    import embeddings.prompt as prompt_module
+
+    emb = _varied(PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet, anchors="3", anchor_grouping="stage"))
+    ts = [999.0, 750.0, 500.0, 250.0, 1.0]
+    (whole, _), _ = prepare_conditioning(tiny_model, ["a photo of zork", ""], [emb], timesteps=ts)
+    calls = []
+    handle = tiny_model.text_encoders[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    monkeypatch.setattr(prompt_module, "STEP_ROWS_PER_PASS", 6)  # 2 steps x 3 groups a pass
+    try:
+        (pieces, _), _ = prepare_conditioning(tiny_model, ["a photo of zork", ""], [emb], timesteps=ts)
+    finally:
+        handle.remove()
+    assert sorted(calls)[-3:] == [3, 6, 6]  # the prompt's 5 steps x 3 groups in passes of <= 6 rows
+    assert pieces.hidden.shape == whole.hidden.shape == (5, 3 * 77, 32)
+    assert torch.allclose(pieces.hidden, whole.hidden, rtol=0, atol=1e-6)
