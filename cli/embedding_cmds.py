@@ -110,9 +110,10 @@ def run_inspect(args) -> int:
     for key, value in report.get("kind_details", {}).items():
         if key == "groups":
             print(f"  groups: {len(value)} ({', '.join(value[:4])}{' ...' if len(value) > 4 else ''})")
-        elif key == "group_norms":
+        elif key.endswith("_norms"):  # group_norms, anchor_norms: a row of vector norms per set
             for enc, rows in value.items():
-                print(f"  {enc} norms per group: " + " | ".join(" ".join(f"{x:.3f}" for x in row) for row in rows))
+                print(f"  {enc} norms per {key.removesuffix('_norms')}: "
+                      + " | ".join(" ".join(f"{x:.3f}" for x in row) for row in rows))
         else:
             print(f"  {key}: {value}")
     print(f"vectors:  {report['vectors']}")

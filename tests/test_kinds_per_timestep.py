@@ -324,6 +324,10 @@ def test_cli_creates_from_a_standard_embedding_and_generates(data, tiny_model, t
     emb = load_embedding(data.embeddings / "ptdog.safetensors")
     assert emb.kind == "per-timestep" and emb.kind_info["timesteps"] == [0.0, 499.5, 999.0]
     assert all(torch.equal(a, std.vectors["clip_l"]) for a in emb.parts["clip_l"])
+    assert main(["inspect", str(data.embeddings / "ptdog.safetensors")]) == 0
+    text = capsys.readouterr()[0]
+    assert "kind:     per-timestep" in text and "anchors: [0.0, 499.5, 999.0]" in text
+    assert "clip_l norms per anchor: " in text and text.count(" | ") >= 2
     code = main(["create", "ptbad", "--kind", "per-timestep", "--standard-at", "2000", "--data-dir", str(data.root)])
     assert code != 0 and "within 0-999" in capsys.readouterr()[1]
     save_embedding(_varied(emb), data.embeddings / "ptdog.safetensors")
