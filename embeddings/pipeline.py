@@ -66,7 +66,7 @@ class PipelineModel:
 class InstalledEmbeddings:
     """Embeddings installed in one pipeline; see the module docstring."""
 
-    def __init__(self, pipe, embeddings: Iterable[Embedding], clip_skip: int = 1):
+    def __init__(self, pipe, embeddings: Iterable[Embedding], clip_skip: int | None = None):
         self.pipe = pipe
         self.model = PipelineModel.of(pipe)
         self.embeddings = list(embeddings)
@@ -126,6 +126,6 @@ class InstalledEmbeddings:
         self.remove()
 
 
-def install_embeddings(pipe, embeddings: Iterable[Embedding], clip_skip: int = 1) -> InstalledEmbeddings:
+def install_embeddings(pipe, embeddings: Iterable[Embedding], clip_skip: int | None = None) -> InstalledEmbeddings:
     """Install `embeddings` (any kinds) in a stock diffusers SD / SDXL pipeline; see the module docstring."""
     return InstalledEmbeddings(pipe, embeddings, clip_skip)

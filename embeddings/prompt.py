@@ -26,7 +26,7 @@ import contextlib
 import copy
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -354,8 +354,28 @@ def widen(hidden: torch.Tensor, length: int) -> torch.Tensor:
     return hidden.repeat(1, length // hidden.shape[1], 1)
 
 
+def conditioning_clip_skip(embeddings: Iterable[Embedding], clip_skip: int | None = None) -> int:
+    """The clip skip a prompt naming `embeddings` is encoded with: `clip_skip` (None: 1), unless one of
+    them is tied to a layer's outputs (`Kind.clip_skip`: direct), which then decides; asking for
+    another is an error, since its vectors would sit among another layer's outputs."""
+    tied: dict[int, list[str]] = {}
+    for e in embeddings:
+        if (own := kind_of(e).clip_skip(e)) is not None:
+            tied.setdefault(own, []).append(e.name)
+    if len(tied) > 1:
+        raise EmbeddingError("these embeddings are tied to different clip skips: " + "; ".join(
+            f"{', '.join(names)} to {k}" for k, names in sorted(tied.items())) + "; use one of them at a time")
+    if not tied:
+        return 1 if clip_skip is None else max(1, int(clip_skip))
+    ((own, names),) = tied.items()
+    if clip_skip is not None and max(1, int(clip_skip)) != own:
+        raise EmbeddingError(f"{', '.join(names)}: direct conditioning trained at clip skip {own} (its vectors are "
+                             f"that layer's outputs), asked for clip skip {clip_skip}; use clip skip {own}")
+    return own
+
+
 def prepare_conditioning(model, prompts: list[str], embeddings: Mapping[str, Embedding] | list[Embedding],
-                         clip_skip: int = 1, *, layout: LayerLayout | None = None,
+                         clip_skip: int | None = None, *, layout: LayerLayout | None = None,
                          timesteps: Sequence[float] | None = None,
                          ) -> tuple[list[TextConditioning], LayerLayout | None]:
     """Encode `prompts` with the embeddings they name (any kinds, mixed), and the routing the UNet
@@ -365,10 +385,12 @@ def prepare_conditioning(model, prompts: list[str], embeddings: Mapping[str, Emb
     With `timesteps` (a denoising schedule), a prompt naming a timed embedding (per-timestep) is
     encoded at every one of them in ONE batched pass: its conditioning has a row per timestep
     ([S, L, D]: row i for timesteps[i]), the others one row (`StepConditioning` switches them).
-    Without, a timed embedding conditions with its standard part."""
+    Without, a timed embedding conditions with its standard part. `clip_skip`: None is 1, or the
+    clip skip a direct embedding in the prompts was made for (`conditioning_clip_skip`)."""
     embs = list(embeddings.values()) if isinstance(embeddings, Mapping) else list(embeddings)
-    names = PromptEncoder.for_embeddings(model, embs, clip_skip).tokenize(prompts).used if embs else set()
+    names = PromptEncoder.for_embeddings(model, embs).tokenize(prompts).used if embs else set()
     used = [e for e in embs if e.name in names]
+    clip_skip = conditioning_clip_skip(used, clip_skip)
     layout = layout if layout is not None else conditioning_layout(model.unet, used)
     enc = PromptEncoder.for_embeddings(model, embs, clip_skip, layout)
     vecs = embedding_vectors(used, layout)
@@ -472,14 +494,14 @@ class GenerationStopped(Exception):
 @torch.no_grad()
 def generate(model, prompt: str, embeddings: Mapping[str, Embedding] | list[Embedding], *,
              negative_prompt: str = "", seed: int = 0, steps: int = 20, cfg: float = 7.0,
-             width: int | None = None, height: int | None = None, scheduler=None, clip_skip: int = 1,
+             width: int | None = None, height: int | None = None, scheduler=None, clip_skip: int | None = None,
              should_stop: Callable[[], bool] | None = None):
     """Plain text-to-image with embeddings in the prompt. Returns a PIL image.
 
     `should_stop` is asked after every denoising step; when it says yes, GenerationStopped is
     raised, so an interrupt during a training preview takes one step, not the whole image.
     A per-timestep embedding's conditioning is encoded once for every step of the schedule and
-    switched per step (`StepConditioning`)."""
+    switched per step (`StepConditioning`). `clip_skip`: as `prepare_conditioning`'s."""
     pipe = model.pipeline()
     if scheduler is not None:
         pipe.scheduler = scheduler

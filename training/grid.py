@@ -56,6 +56,7 @@ class GridSpec:
     width: int = 512
     height: int = 512
     scheduler: str = "default"
+    clip_skip: int = 1
 
     @property
     def by_prompt(self) -> bool:
@@ -70,13 +71,13 @@ class GridSpec:
     @classmethod
     def for_run(cls, config: TrainConfig, steps: Sequence[int], seeds: Sequence[int] = (),
                 prompts: Sequence[str] = (), **changes) -> GridSpec:
-        """The run's preview sampler, CFG and size; its first preview (else likeness) prompt."""
+        """The run's preview sampler, CFG, size and clip skip; its first preview (else likeness) prompt."""
         prompts = tuple(p for p in prompts if p.strip()) or (
             (config.preview_prompts or config.score_prompts or ["[name]"])[0],)
         values = dict(steps=tuple(steps), prompts=prompts, seeds=tuple(seeds) or tuple(config.preview_seeds) or (0,),
                       negative=config.preview_negative, sample_steps=config.preview_steps, cfg=config.preview_cfg,
                       width=config.preview_width or config.resolution, height=config.preview_height or config.resolution,
-                      scheduler=config.preview_scheduler)
+                      scheduler=config.preview_scheduler, clip_skip=config.clip_skip)
         values.update({k: v for k, v in changes.items() if v is not None})
         return cls(**values)
 
@@ -111,7 +112,7 @@ def render_grid(model, embeddings: Sequence[Embedding], spec: GridSpec, *, devic
         line = []
         for c, emb in enumerate(embeddings):
             cell_spec = PreviewSpec(render(prompt, emb.name, ""), spec.negative, seed, spec.sample_steps, spec.cfg,
-                                    spec.width, spec.height, spec.scheduler)
+                                    spec.width, spec.height, spec.scheduler, spec.clip_skip)
             line.append(preview_image(model, emb, cell_spec, device=device, dtype=dtype, should_stop=should_stop))
             if on_cell is not None:
                 on_cell(r * len(embeddings) + c + 1, total)

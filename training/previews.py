@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from embeddings.embedding import Embedding
+from embeddings.kinds import kind_of
 from training.templates import render
 from workspace.atomic import atomic_path
 
@@ -38,12 +39,14 @@ class PreviewSpec:
     width: int
     height: int
     scheduler: str  # a key of SCHEDULER_CLASSES or "default"
+    clip_skip: int = 1  # the run's (TrainConfig.clip_skip): images show what training conditions on
 
     def infotext(self, model, embedding: Embedding) -> str:
         neg = f"\nNegative prompt: {self.negative}" if self.negative else ""
+        skip = f", Clip skip: {self.clip_skip}" if self.clip_skip > 1 else ""  # A1111 writes it only above 1
         return (
             f"{self.prompt}{neg}\nSteps: {self.steps}, Sampler: {self.scheduler}, CFG scale: {self.cfg}, "
-            f"Seed: {self.seed}, Size: {self.width}x{self.height}, Model hash: {model.short_hash}, "
+            f"Seed: {self.seed}, Size: {self.width}x{self.height}{skip}, Model hash: {model.short_hash}, "
             f"Model: {model.name}, TI: {embedding.name}, TI step: {embedding.step}"
         )
 
@@ -74,9 +77,12 @@ def render_preview(model, embedding: Embedding, spec: PreviewSpec, path: Path, *
 
 def preview_image(model, embedding: Embedding, spec: PreviewSpec, *, device: torch.device, dtype: torch.dtype,
                   should_stop: Callable[[], bool] | None = None):
-    """The PIL image `spec` gives with `embedding`: what previews, CLIP scores and grids generate.
+    """The PIL image `spec` gives with `embedding`: what previews, CLIP scores and grids generate,
+    at the run's clip skip (an untrained direct embedding, such as a run's original, restarts there).
     The VAE is brought to `device` only for the image and sent back afterwards."""
     from embeddings.prompt import generate
+
+    embedding = kind_of(embedding).at_clip_skip(embedding, model, spec.clip_skip)
 
     vae_device = next(model.vae.parameters()).device
     if next(model.vae.parameters()).dtype != dtype:
@@ -86,7 +92,7 @@ def preview_image(model, embedding: Embedding, spec: PreviewSpec, *, device: tor
         return generate(
             model, spec.prompt, [embedding], negative_prompt=spec.negative, seed=spec.seed, steps=spec.steps,
             cfg=spec.cfg, width=spec.width, height=spec.height, scheduler=make_scheduler(model, spec.scheduler),
-            should_stop=should_stop,
+            clip_skip=spec.clip_skip, should_stop=should_stop,
         )
     finally:
         model.vae.to(vae_device)
@@ -102,4 +108,4 @@ def preview_specs(config, model, first_line: str, name: str, first_caption: str,
     width = config.preview_width or latent_hw[1] * model.vae_scale_factor
     height = config.preview_height or latent_hw[0] * model.vae_scale_factor
     return [PreviewSpec(p, config.preview_negative, s, config.preview_steps, config.preview_cfg, width, height,
-                        config.preview_scheduler) for p in prompts for s in config.preview_seeds]
+                        config.preview_scheduler, config.clip_skip) for p in prompts for s in config.preview_seeds]

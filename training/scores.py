@@ -70,14 +70,15 @@ class ScoreSettings:
     height: int
     scheduler: str
     negative: str = ""
+    clip_skip: int = 1
 
     @classmethod
     def from_config(cls, config: TrainConfig, init_text: str = "") -> ScoreSettings:
-        """The run's settings: previews' sampler, CFG and size (else the training resolution)."""
+        """The run's settings: previews' sampler, CFG, size (else the training resolution) and clip skip."""
         return cls(tuple(config.score_prompts), tuple(config.edit_prompts), config.class_word or init_text,
                    tuple(config.score_seeds), config.score_steps, config.preview_cfg,
                    config.preview_width or config.resolution, config.preview_height or config.resolution,
-                   config.preview_scheduler, config.preview_negative)
+                   config.preview_scheduler, config.preview_negative, config.clip_skip)
 
     def images_per_score(self) -> int:
         return (len(self.score_prompts) + len(self.edit_prompts)) * len(self.seeds)
@@ -88,7 +89,7 @@ class ScoreSettings:
 
     def spec(self, prompt: str, name: str, seed: int) -> PreviewSpec:
         return PreviewSpec(render(prompt, name, ""), self.negative, seed, self.steps, self.cfg, self.width,
-                           self.height, self.scheduler)
+                           self.height, self.scheduler, self.clip_skip)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,10 @@ class Scorer:
         self.device, self.dtype, self.cache = device, dtype, cache
         self.reference = clip.encode_images(list(reference_images))
         self.edit_texts = clip.encode_texts([settings.edit_text(p) for p in settings.edit_prompts])
-        ident = json.dumps([asdict(settings), clip.info.identity(), model.short_hash, model.name])
+        fields = asdict(settings)
+        if fields["clip_skip"] == 1:  # the key scores cached before clip skip was a setting still find
+            del fields["clip_skip"]
+        ident = json.dumps([fields, clip.info.identity(), model.short_hash, model.name])
         self._base_key = hashlib.sha256(ident.encode() + self.reference.numpy().tobytes()).hexdigest()
 
     def key(self, emb: Embedding) -> str:

@@ -354,6 +354,13 @@ def prepare(config: TrainConfig, model, data_dir: DataDir, job: Job, *, run: Run
     if not emb.fits(model.widths):
         raise TrainingError(f"{emb.name}: {emb.mismatch_reason(model.widths)} ({model.label}); "
                             "create the embedding for this model or pick a matching model")
+    try:  # a kind tied to one layer's outputs (direct) trains at the run's clip skip, or refuses
+        tied = kind_of(emb).at_clip_skip(emb, model, config.clip_skip)
+    except EmbeddingError as e:
+        raise TrainingError(str(e)) from e
+    if tied is not emb:
+        say(f"{emb.name}: untrained, restarted at the text encoder's outputs at clip skip {config.clip_skip}")
+        emb = tied
     start = emb.step
     target = start + config.more_steps if config.more_steps > 0 else config.max_steps
     origin = int(state.settings.get("_origin_step", start)) if state is not None else start

@@ -108,6 +108,16 @@ class Kind:
         the embedding's slots instead ([n, width] per key); its tensors then replace the outputs there."""
         return None
 
+    def clip_skip(self, emb: Embedding) -> int | None:
+        """The clip skip `emb`'s tensors were made for, or None: any (token embeddings are read by the
+        encoder whichever layer the context is then taken from). An output-space kind (direct) is
+        tied to one: its tensors sit beside the other tokens' outputs of that layer."""
+        return None
+
+    def at_clip_skip(self, emb: Embedding, model, clip_skip: int) -> Embedding:
+        """`emb` ready to train or generate at `clip_skip` (EmbeddingError when it cannot be)."""
+        return emb
+
     def norms(self, tensors: dict[str, torch.Tensor]) -> dict[str, list]:
         """Norm of every learned vector: per key a list (standard) or a list per group (per-layer)."""
         return {k: v.detach().float().norm(dim=-1).cpu().tolist() for k, v in tensors.items()}

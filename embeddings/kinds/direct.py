@@ -29,7 +29,8 @@ regulariser (which pulls vectors towards token embeddings) does not apply.
 
 Fields: `parts[key]` is [n, width] (one set for every layer) or [groups, n, width]; `vectors` is
 the same, or the mean over groups (what norms and inspect show, never written as an embedding
-other tools load). `kind_info`: `space`, `clip_skip` (what the start was encoded with),
+other tools load). `kind_info`: `space`, `clip_skip` (the layer whose outputs the vectors sit among:
+the start is encoded with it, training and generation use it; `at_clip_skip`),
 `grouping` ("none" or a key of `routing.GROUPINGS`), `groups` (names; [] for "none") and
 `carrier` (`encode_parts` of the carrier vectors, [n, width] per key). Files: `.safetensors` only
 (`embeddings.formats.safetensors_format`).
@@ -64,10 +65,10 @@ class DirectKind(Kind):
     standard_part = False
 
     # ---- making and checking ----------------------------------------------------------------------
-    def make(self, standard: Embedding, unet, *, model=None, direct_grouping: str = NONE,
+    def make(self, standard: Embedding, unet, *, model=None, direct_grouping: str = NONE, clip_skip: int = 1,
              **_options: str) -> Embedding:
-        """Start at the text encoder's outputs for `standard` alone in a prompt (so it acts as
-        `standard` there); `standard`'s vectors become the carrier. Needs `model` (its text encoders)."""
+        """Start at the text encoder's outputs (at `clip_skip`) for `standard` alone in a prompt (so it
+        acts as `standard` there); `standard`'s vectors become the carrier. Needs `model` (its text encoders)."""
         if model is None:
             raise EmbeddingError(f"{self.label}: starting {standard.name!r} needs the base model's text encoder")
         if standard.kind != "standard":
@@ -81,9 +82,10 @@ class DirectKind(Kind):
                 raise EmbeddingError(str(e)) from None
         from embeddings.prompt import encoder_outputs  # the prompt module imports the kind registry
 
-        out = encoder_outputs(model, standard.name, standard.vectors)
+        clip_skip = max(1, int(clip_skip))
+        out = encoder_outputs(model, standard.name, standard.vectors, clip_skip=clip_skip)
         parts = {k: v.unsqueeze(0).repeat(len(groups), 1, 1) if groups else v for k, v in out.items()}
-        info = {"space": SPACE, "clip_skip": 1, "grouping": grouping, "groups": groups,
+        info = {"space": SPACE, "clip_skip": clip_skip, "grouping": grouping, "groups": groups,
                 "carrier": encode_parts(standard.vectors)}
         emb = self.rebuild(Embedding(standard.name, out, standard.step, dict(standard.metadata), kind=self.name,
                                      kind_info=info), parts, step=standard.step, metadata=dict(standard.metadata))
@@ -114,6 +116,25 @@ class DirectKind(Kind):
         if emb.kind_info["grouping"] == NONE:
             return None
         return PER_LAYER.layout(emb, unet)  # the same groups, checked against this UNet the same way
+
+    def clip_skip(self, emb: Embedding) -> int:
+        return int(emb.kind_info.get("clip_skip", 1))
+
+    def at_clip_skip(self, emb: Embedding, model, clip_skip: int) -> Embedding:
+        """An untrained embedding restarts at the encoder's outputs of `clip_skip`'s layer (from its
+        carrier, which is the standard embedding it was made from); a trained one cannot move."""
+        clip_skip = max(1, int(clip_skip))
+        if clip_skip == self.clip_skip(emb):
+            return emb
+        if emb.step > 0:
+            raise EmbeddingError(
+                f"direct embedding {emb.name!r} was trained at clip skip {self.clip_skip(emb)} (its vectors are that "
+                f"layer's outputs); use it at clip skip {self.clip_skip(emb)}, or create a new one for clip skip "
+                f"{clip_skip}")
+        carrier = self.encoder_inputs(emb)
+        standard = Embedding(emb.name, carrier, emb.step, dict(emb.metadata))
+        return self.make(standard, model.unet, model=model, direct_grouping=emb.kind_info["grouping"],
+                         clip_skip=clip_skip)
 
     # ---- training ----------------------------------------------------------------------------------
     def trainable(self, emb: Embedding) -> dict[str, torch.Tensor]:
