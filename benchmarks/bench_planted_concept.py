@@ -1,6 +1,7 @@
 """Planted concept: how many steps and seconds a trainer needs before the toy model shows a concept it never saw.
 
-    python benchmarks/bench_planted_concept.py [--steps 200] [--every 20] [--lr 0.02 0.05]
+    python benchmarks/bench_planted_concept.py [--steps 200] [--every 20] [--lr 0.02 0.05] \
+        [--kinds standard per-layer] [--grouping block]
 
 The concept is `world.PLANTED` (a purple star: both words known to the toy model, the pair never
 shown), taught from eight images captioned with their background only (models/toy/planted.py).
@@ -9,7 +10,8 @@ steps; afterwards every snapshot generates `len(SEEDS)` images and the attribute
 how many show the concept. "steps to X%" is the first snapshot at or above the learning
 test's threshold; "seconds" is the training time to that step (the trainer's own elapsed time,
 scaled by steps; snapshot scoring is not counted). A script that prints a table, never a test.
-Standard embeddings today; other kinds get a row each once the trainer can make them.
+One row per kind and learning rate: `per-layer` starts every layer group at the same init
+vectors as the standard row (`--grouping` picks the groups) and is scored the same way.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def run(lr: str, steps: int, every: int, vectors: int, batch: int) -> dict:
+def run(kind: str, lr: str, steps: int, every: int, vectors: int, batch: int, grouping: str) -> dict:
     from embeddings.create import create_embedding
     from embeddings.formats import load_embedding, save_embedding
+    from embeddings.kinds import get_kind
     from jobs.registry import Job
     from models.load import load_base_model
     from models.toy import load_reader
@@ -41,6 +44,9 @@ def run(lr: str, steps: int, every: int, vectors: int, batch: int) -> dict:
         reader = load_reader()
         dataset = make_planted_dataset(Path(tmp) / "planted")
         init = create_embedding(model, "planted", INIT_TEXT, vectors)
+        if kind != "standard":
+            k = get_kind(kind)
+            init = k.make(init, model.unet, **{o.name: grouping for o in k.options if o.name == "grouping"})
         save_embedding(init, data.embeddings / "planted.safetensors")
         config = TrainConfig.from_dict(dict(
             embedding="planted", dataset=str(dataset), model="toy", resolution=64, bucket_step=8, min_bucket=32,
@@ -58,7 +64,7 @@ def run(lr: str, steps: int, every: int, vectors: int, batch: int) -> dict:
             rates[emb.step] = concept_rate(model, reader, emb)
         reached = next((s for s, r in sorted(rates.items()) if s > 0 and r >= THRESHOLD), None)
         return {
-            "kind": "standard", "lr": lr, "rates": rates, "reached": reached,
+            "kind": kind, "lr": lr, "rates": rates, "reached": reached,
             "seconds": None if reached is None else seconds * reached / steps, "train_seconds": seconds,
         }
 
@@ -70,18 +76,21 @@ def main() -> None:
     p.add_argument("--lr", nargs="+", default=["0.02"])
     p.add_argument("--vectors", type=int, default=2)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--kinds", nargs="+", default=["standard", "per-layer"])
+    p.add_argument("--grouping", default="block", help="layer groups of the per-layer rows (block, layer, stage)")
     args = p.parse_args()
     from models.toy.planted import SEEDS, THRESHOLD
 
-    rows = [run(lr, args.steps, args.every, args.vectors, args.batch) for lr in args.lr]
+    rows = [run(kind, lr, args.steps, args.every, args.vectors, args.batch, args.grouping)
+            for lr in args.lr for kind in args.kinds]
     print(f"\nplanted concept on toy: {args.vectors} vectors, batch {args.batch}, {len(SEEDS)} seeds per score, "
           f"threshold {THRESHOLD:.0%}")
-    print(f"{'kind':<10}{'lr':>7}{'init':>7}{f'steps to {THRESHOLD:.0%}':>14}{'seconds':>9}{'final':>7}{'s/step':>8}")
+    print(f"{'kind':<11}{'lr':>7}{'init':>7}{f'steps to {THRESHOLD:.0%}':>14}{'seconds':>9}{'final':>7}{'s/step':>8}")
     for r in rows:
         steps = "not reached" if r["reached"] is None else str(r["reached"])
         secs = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
         final = r["rates"][max(r["rates"])]
-        print(f"{r['kind']:<10}{r['lr']:>7}{r['rates'][0]:>7.0%}{steps:>14}{secs:>9}{final:>7.0%}"
+        print(f"{r['kind']:<11}{r['lr']:>7}{r['rates'][0]:>7.0%}{steps:>14}{secs:>9}{final:>7.0%}"
               f"{r['train_seconds'] / args.steps:>8.2f}")
     for r in rows:
         curve = ", ".join(f"{s}:{v:.0%}" for s, v in sorted(r["rates"].items()))
