@@ -61,10 +61,16 @@ def test_direct_trains_and_generates_at_its_own_clip_skip(tiny_model, data, soli
     assert _same(preview, _direct(final, tiny_model)) and _same(preview, _direct(final, tiny_model, clip_skip=2))
     with pytest.raises(EmbeddingError, match="trained at clip skip 2.*use clip skip 2"):
         _direct(final, tiny_model, clip_skip=1)
+    # the Generate tab (and app.py generate, which calls the same generate) draws it at clip skip 2
+    from ui.generate_tab import generate_images
+    from ui.state import AppContext
+
+    save_embedding(final, data.embeddings / "flatcol.safetensors")
+    res = generate_images(AppContext(data=data), "tiny", PROMPT, "", 5, 2, 3.0, 64, 64, 1)
+    assert "flatcol" in res.info and _same(res.images[0][0], preview)
     with pytest.raises(EmbeddingError, match="different clip skips"):
         conditioning_clip_skip([final, DIRECT.make(std.copy(name="other"), tiny_model.unet, model=tiny_model)])
     # a trained one cannot move to another clip skip
-    save_embedding(final, data.embeddings / "flatcol.safetensors")
     from train_fixtures import tiny_config
 
     with pytest.raises(TrainingError, match="trained at clip skip 2"):
