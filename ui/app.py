@@ -153,7 +153,8 @@ def _add_tabs(gr, ctx, demo) -> None:
     timers = [(t_pre, pre.timer)]
     for tab in (t_create, t_pre, t_train, t_eval, t_emb, t_gen):
         def only(shown=tab):
-            return [gr.Timer(active=owner is shown) for owner, _ in timers]
+            updates = [gr.Timer(active=owner is shown) for owner, _ in timers]
+            return updates if len(updates) > 1 else updates[0]  # Gradio takes one output's value bare
 
         js = ("() => { window.tiLive && window.tiLive.now(); "
               "setTimeout(() => window.tiCharts && window.tiCharts.redraw(), 50); }") if tab is t_train else None
