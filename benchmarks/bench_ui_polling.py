@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CHROMIUM = "/usr/bin/chromium"
+SETTLE_S = 3.0  # after opening the pages, before a run starts
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -164,6 +165,8 @@ def main() -> None:
         main_synthetic(args.synthetic, args.rounds, tuple(int(n) for n in args.tabs.split(",")))
         return
 
+    import time
+
     from embeddings.create import create_embedding
     from embeddings.formats import save_embedding
     from tests.ui_fixtures import make_images, running_app
@@ -200,6 +203,7 @@ def main() -> None:
                             page.goto(app.url)
                             page.get_by_role("tab", name="Train").click()
                             pages.append(page)
+                        time.sleep(SETTLE_S if pages else 0)  # measure the page sitting open, not its loading
                         results[cond].append(train_once(app, args.steps, args.resolution, f"{n}-{r}"))
                         for page in pages:
                             page.close()
