@@ -32,16 +32,18 @@ from models.toy.reader import AttributeReader, ShapeNet, mask_tensor, object_mas
 from models.toy.weights import WEIGHTS_DIR, write_manifest
 
 EMPTY_CAPTION_P = 0.1  # captions dropped during UNet training, so classifier-free guidance works
+VAE_COLOUR_POOL = 4  # the VAE's colour loss compares 4x4 pixel means ...
+VAE_COLOUR_WEIGHT = 4.0  # ... at this weight (held-out round trip after 400 steps: object colour 31% without, 94% with)
 
 
 @dataclass
 class BuildConfig:
     seed: int = 9
     images: int = 12000  # the fixed training set for VAE latents and the UNet
-    vae_steps: int = 4000
-    vae_batch: int = 16
-    vae_crop: int = 32  # the VAE is convolutional: training on crops is 4x cheaper
-    decoder_steps: int = 1500  # then the decoder alone on whole images
+    vae_steps: int = 1200
+    vae_batch: int = 8
+    vae_crop: int = 64  # whole images: 32 px crops taught the one-group norms other statistics (colours shifted)
+    vae_images: int = 6000  # the first of `images`; the VAE's training is seed-sensitive, see train_vae
     unet_steps: int = 3000
     unet_batch: int = 32
     unet_lr: float = 1e-3
@@ -55,7 +57,7 @@ class BuildConfig:
 
     @classmethod
     def quick(cls) -> BuildConfig:
-        return cls(images=500, vae_steps=20, decoder_steps=20, unet_steps=20, reader_steps=20, clip_steps=20,
+        return cls(images=500, vae_images=500, vae_steps=20, unet_steps=20, reader_steps=20, clip_steps=20,
                    eval_images=10)
 
 
@@ -85,6 +87,14 @@ def cosine_lr(opt: torch.optim.Optimizer, total: int, warmup: int = 50) -> torch
 
 # ---- 1. VAE ---------------------------------------------------------------------------------
 def train_vae(cfg: BuildConfig, pixels: torch.Tensor):
+    """On whole 64 px images (`vae_crop`). Crops are 4x cheaper per step, but the one-group norms
+    then see other statistics than on a whole image, which shifted flat colours in the round
+    trip (yellow read as orange, purple as blue) and no decoder-only refinement fully repaired.
+
+    This small VAE's training is sensitive to its random draws: with the same recipe, this
+    seed and image count reach 99% held-out round-trip colour by step 600 while other draws
+    were still near 60% at step 400. A different seed or image count needs that checked (the
+    build's "vae" row in the quality table)."""
     vae = C.seeded(cfg.seed + 1, C.toy_vae)
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     sched = cosine_lr(opt, cfg.vae_steps)
@@ -97,34 +107,9 @@ def train_vae(cfg: BuildConfig, pixels: torch.Tensor):
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample(generator=gen)).sample
             loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + 1e-6 * post.kl().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            pb.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-            pb.update()
-    return vae.eval().requires_grad_(False)
-
-
-def finetune_decoder(cfg: BuildConfig, vae, pixels: torch.Tensor):
-    """More decoder training on whole 64 px images with the encoder frozen (as SD's own VAE
-    decoder was refined): the latent space the UNet learns is unchanged, and the decoder
-    unlearns what crops taught it wrongly (its norm and attention statistics differ between
-    a 32 px crop and a whole image, which shifted flat colours)."""
-    latents = encode(vae, pixels)
-    vae.requires_grad_(False)
-    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    vae.decoder.train()
-    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)
-    sched = cosine_lr(opt, cfg.decoder_steps)
-    gen = torch.Generator().manual_seed(cfg.seed + 12)
-    with bar(cfg.decoder_steps, "vae decoder") as pb:
-        for _ in range(cfg.decoder_steps):
-            idx = torch.randint(0, len(latents), (cfg.vae_batch,), generator=gen)
-            rec = vae.decode(latents[idx]).sample
-            loss = (rec - pixels[idx]).abs().mean() + ((rec - pixels[idx]) ** 2).mean()
+            # the pooled term weighs flat colour over edges: without it the small VAE spends itself
+            # on the outlines the 8x downscale blurs anyway and leaves colours off by a palette step
+            loss = loss + VAE_COLOUR_WEIGHT * (nn.functional.avg_pool2d(rec - x, VAE_COLOUR_POOL) ** 2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -319,7 +304,7 @@ def clip_rank1(model, tokenizer, images, scenes: list[world.Scene], seed: int) -
 
 
 # ---- the whole build ------------------------------------------------------------------------
-STAGES = ("vae", "decoder", "unet", "reader", "clip", "eval")
+STAGES = ("vae", "unet", "reader", "clip", "eval")
 
 
 def build(cfg: BuildConfig, out: Path, stages: tuple[str, ...] = STAGES) -> dict | None:
@@ -358,16 +343,11 @@ def build(cfg: BuildConfig, out: Path, stages: tuple[str, ...] = STAGES) -> dict
 
     if "vae" in stages:
         started = time.time()
-        save_fp16(train_vae(cfg, pixels).state_dict(), out / "vae.safetensors")
+        save_fp16(train_vae(cfg, pixels[:cfg.vae_images]).state_dict(), out / "vae.safetensors")
         state["vae_scaling_factor"] = 1.0
-        state["vae_scaling_factor"] = float(1.0 / encode(vae_from_disk(), pixels[:2000]).std())
-        timed("vae", started)
-    if "decoder" in stages:
-        started = time.time()
-        vae = normalize_latent_channels(finetune_decoder(cfg, vae_from_disk(), pixels[:6000]), pixels[:2000])
+        vae = normalize_latent_channels(vae_from_disk(), pixels[:2000])  # on the fp16 weights as shipped
         save_fp16(vae.state_dict(), out / "vae.safetensors")
-        state["vae_scaling_factor"] = 1.0
-        timed("decoder", started)
+        timed("vae", started)
     if "unet" in stages:
         started = time.time()
         vae = vae_from_disk()
@@ -464,12 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=BuildConfig.seed)
     p.add_argument("--quick", action="store_true", help="a small smoke build (poor quality)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {', '.join(STAGES)}")
-    for name in ("images", "vae_steps", "decoder_steps", "unet_steps", "reader_steps", "clip_steps", "eval_images"):
+    for name in ("images", "vae_steps", "unet_steps", "reader_steps", "clip_steps", "eval_images"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     args = p.parse_args(argv)
     cfg = BuildConfig.quick() if args.quick else BuildConfig()
     cfg.seed = args.seed
-    for name in ("images", "vae_steps", "decoder_steps", "unet_steps", "reader_steps", "clip_steps", "eval_images"):
+    for name in ("images", "vae_steps", "unet_steps", "reader_steps", "clip_steps", "eval_images"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     build(cfg, args.out, tuple(x.strip() for x in args.stages.split(",") if x.strip()))

@@ -16,7 +16,7 @@ from models.toy import world
 TEMPLATE = "a [name] on a [filewords]\n"
 TEMPLATE_FILE = "planted_template.txt"
 SEEDS = tuple(range(100, 110))
-PROMPT_BACKGROUNDS = ("green", "blue", "white", "red", "yellow")
+PROMPT_BACKGROUNDS = ("green", "orange", "white", "red", "yellow")  # never the planted colour: the world has no blue-on-blue
 THRESHOLD = 0.7  # the share of seeds that must show the concept after training
 INIT_TEXT = "shape"  # the toy world's word for any shape ("a red shape on ..."): rarely the planted pair
 
