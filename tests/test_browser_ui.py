@@ -216,10 +216,10 @@ def test_full_workflow_in_browser(browser, app, tmp_path):
     expect(page.locator("#train_max_steps input")).to_have_value("5000", timeout=90_000)  # the run's settings
     expect(page.locator("#train_embedding input")).to_have_value("bcat")
     expect(page.locator("#train_dataset input")).to_have_value("bset")
-    # the page polls with one small request a second while the Train tab is shown, none elsewhere
+    # the page polls with one small request every POLL_SECONDS while the Train tab is shown, none elsewhere
     polls: list[str] = []
     page.on("request", lambda r: polls.append(r.url) if "gradio_api/run/train_live" in r.url else None)
-    page.wait_for_timeout(3000)  # (Playwright hands over the requests while it waits)
+    page.wait_for_timeout(5000)  # (Playwright hands over the requests while it waits)
     assert len(polls) >= 2
     page.get_by_role("tab", name="Create").click()
     page.wait_for_timeout(1000)

@@ -57,8 +57,13 @@ ADVANCED: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Snapshots", ("save_png_embeddings", "snapshot_formats", "run_name")),
 )
 TEXTS: dict[str, FieldText] = {key: FieldText(*text) for key, text in FIELD_TEXT.items()}
-POLL_SECONDS = 1.0  # how often the page polls (static/train_live.js); it redraws charts at most every 3 s
+# How often the page polls (static/train_live.js); it redraws charts at most every 3 s. Each poll
+# costs the server ~30 ms of CPU (Gradio's /run route) beside the training thread, so on a 2-core
+# box 1 s left training at ~96% of headless speed and 2 s at ~98% (benchmarks/bench_ui_polling.py
+# --synthetic); the page asks at once after Start, Interrupt and Resume, so a click still shows now.
+POLL_SECONDS = 2.0
 MAX_PLOT_POINTS = 1500
+POKE = "() => { window.tiLive && window.tiLive.tick(); }"  # poll now: the click's effect shows at once
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
@@ -848,19 +853,20 @@ def build(ctx: AppContext, demo=None):
         return start(ctx, config)
 
     start_btn.click(start_fn, form, action_md, api_name="start_training", concurrency_id="train_ctl",
-                    concurrency_limit=1)
+                    concurrency_limit=1).then(None, js=POKE)
 
     @user_errors("Interrupt")
     def interrupt_fn():
         return interrupt(ctx)
 
-    stop_btn.click(interrupt_fn, None, action_md, api_name="interrupt")
+    stop_btn.click(interrupt_fn, None, action_md, api_name="interrupt").then(None, js=POKE)
 
     @user_errors("Resume")
     def resume_fn():
         return resume(ctx)
 
-    resume_btn.click(resume_fn, None, action_md, api_name="resume", concurrency_id="train_ctl", concurrency_limit=1)
+    resume_btn.click(resume_fn, None, action_md, api_name="resume", concurrency_id="train_ctl",
+                     concurrency_limit=1).then(None, js=POKE)
 
     views = ViewCache(history=True)  # one folded view per job, shared by every open tab
 
