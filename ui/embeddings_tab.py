@@ -58,7 +58,7 @@ def library_rows(ctx: AppContext) -> list[Row]:
         meta = e.metadata or {}
         rows.append(Row(
             name=e.name,
-            kind=e.kind + (f" ({e.layer_groups})" if e.layer_groups else ""),
+            kind=(e.kind + (f" ({e.layer_groups})" if e.layer_groups else "")) if e.ok else "",  # a skipped file has none
             vectors=e.num_vectors,
             fits=fits_text(e),
             step=e.step,
