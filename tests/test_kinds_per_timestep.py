@@ -404,20 +404,19 @@ def test_per_layer_x_per_timestep_trains_and_resumes(tiny_model, data, solid_dat
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_planted_timestep_target_is_learned_with_anchors_apart(data, tmp_path, shared_data):
-    """On the trained toy model: images made with a target that is "blue square" at high noise (t=999:
-    layout, shape, colour) and "red circle" at low noise (t=0: detail). A per-timestep embedding
-    learns it (eval loss falls), its two anchors end up apart (each anchor gets its own gradient),
-    and it fits at least as well as a standard one with the same steps and learning rate (within 2%).
+def test_planted_timestep_target_is_fitted_better_by_per_timestep_training(data, tmp_path, shared_data):
+    """On the trained toy model: images made with a target that is "blue circle" at high noise (t=999:
+    layout, colour, the round outline) and "blue star" at low noise (t=0: the points are carved
+    late); a per-timestep embedding reaches a lower deterministic eval loss than a standard one with
+    the same steps and learning rate, and its two anchors end up apart.
 
-    It does not fit clearly *better* on the rebuilt toy weights: the colour-faithful model settles
-    layout and colour at high noise, so these images hardly depend on the low-noise words and a
-    standard embedding already fits them (measured, eval loss: 50 steps 0.04046 standard vs 0.04073
-    per-timestep; 100 steps 0.04063 vs 0.04059). A planted target whose late steps matter more
-    (texture, fine detail) is what would show the advantage."""
+    The target must differ where the model decides late: with "blue square" early and "red circle"
+    late the colour-faithful model settles colour at high noise, the images hardly depend on the
+    late words and both kinds fit them alike (0.04046 standard vs 0.04073 at 50 steps). Measured
+    here: standard 0.07787, per-timestep 0.07430."""
     model = load_base_model("toy", shared_data)  # shipped weights: a failure to load is a defect
     STEPS = 50  # noqa: N806
-    high, low = create_embedding(model, "hi", "blue square", 2), create_embedding(model, "lo", "red circle", 2)
+    high, low = create_embedding(model, "hi", "blue circle", 2), create_embedding(model, "lo", "blue star", 2)
     target = PER_TIMESTEP.make(create_embedding(model, "tgt", "shape", 2), model.unet)
     target = PER_TIMESTEP.rebuild(target, {k: torch.stack([low.vectors[k], high.vectors[k]]) for k in low.vectors},
                                   step=0, metadata={})
@@ -447,7 +446,7 @@ def test_planted_timestep_target_is_learned_with_anchors_apart(data, tmp_path, s
     gap = float((emb.parts["clip_l"][0] - emb.parts["clip_l"][1]).norm())
     print(f"planted per-timestep target, eval loss after {STEPS} steps: standard {standard:.5f}, "
           f"per-timestep {per_timestep:.5f}; anchors apart by {gap:.4f}")
-    assert per_timestep < 1.02 * standard, (per_timestep, standard)
+    assert per_timestep < 0.98 * standard, (per_timestep, standard)
     assert gap > 0.05 * float(emb.parts["clip_l"].norm(dim=-1).mean())
 
 
