@@ -119,6 +119,25 @@ def test_foreign_safetensors_header_and_fp16_are_read(tmp_path):
     assert emb.name == "kohya"
 
 
+def test_safetensors_whose_header_length_starts_like_a_pickle_is_read_as_safetensors(tmp_path):
+    """The first 8 bytes of a safetensors file are its header's length (a multiple of 8): one
+    header in 32 starts with 0x80, a pickle's first byte. Such a file must still read as
+    safetensors with its header (a trained per-timestep embedding lost its kind this way)."""
+    emb = make_embedding("odd", {"clip_l": 768})
+    path = tmp_path / "odd.safetensors"
+    emb.metadata["pad"] = ""
+    for _ in range(8):  # each padding character makes the header a byte longer (rounded up to 8)
+        save_embedding(emb, path)
+        length = int.from_bytes(path.read_bytes()[:8], "little")
+        if length % 256 == 0x80:
+            break
+        emb.metadata["pad"] += "x" * ((0x80 - length) % 256)
+    assert path.read_bytes()[:1] == b"\x80"
+    got = load_embedding(path)
+    assert got.metadata["format"] == "safetensors" and got.metadata["pad"] == emb.metadata["pad"]
+    assert got.step == emb.step and torch.equal(got.vectors["clip_l"], emb.vectors["clip_l"])
+
+
 def test_a1111_style_files_read(tmp_path):
     """Files as other tools write them: CUDA-less requires_grad .pt, ParameterDict, 1-D diffusers tensor."""
     t = torch.randn(2, 768)

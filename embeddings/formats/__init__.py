@@ -72,12 +72,14 @@ def _sniff(path: Path, head: bytes) -> str | None:
     """The container by content (so a mislabelled file still reads), or None if unrecognised."""
     if head.startswith(b"\x89PNG\r\n\x1a\n") or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return "image"
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or head.startswith(b"\x8a\x0a"):
-        return "pickle"
+    # safetensors before pickle: its first 8 bytes are the header length, whose low bytes can be
+    # anything, 0x80 (one header in 256) or "PK" included; a zip or torch pickle never has "{" at 8
     if len(head) >= 9 and head[8:9] == b"{":
         n = int.from_bytes(head[:8], "little")
         if 0 < n < 100_000_000:
             return "safetensors"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or head.startswith(b"\x8a\x0a"):
+        return "pickle"
     suffix = path.suffix.lower()
     if suffix in IMAGE_EMBEDDING_SUFFIXES:
         return "image"  # avif/jxl have other magic; let PIL decide
