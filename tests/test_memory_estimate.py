@@ -150,6 +150,8 @@ def test_preflight_text():
     cfg = TrainConfig(model="tiny", resolution=64, preview_every=0)
     cpu = preflight_text(cfg, on_gpu=False)
     assert cpu.startswith("Estimated peak GPU memory:") and "the estimate is for training on a GPU" in cpu
+    assert "(tiny, 64 px" in cpu
+    assert "(toy, sized like tiny, 64 px" in preflight_text(replace(cfg, model="toy"), on_gpu=False)
     xl = TrainConfig(model="/nowhere/model.ckpt", resolution=1024, batch_size=2, mixed_precision="fp16")
     s = settings_for(xl, "sd1")
     assert (s.shape, s.resolution, s.batch_size, s.precision, s.preview_size) == ("sd1", 1024, 2, "fp16", 1024)

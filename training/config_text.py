@@ -8,7 +8,7 @@ FIELD_TEXT: dict[str, tuple[str, str | None]] = {
     # what to train, on what (the UI has its own pickers for these)
     "embedding": ("Embedding", "A name in the embeddings folder, or a path to an embedding file"),
     "dataset": ("Dataset", "A folder of images (+ .txt captions), or a name under data/datasets"),
-    "model": ("Base model", "tiny, a diffusers folder, a .safetensors/.ckpt file or a hub id"),
+    "model": ("Base model", "toy, tiny, a diffusers folder, a .safetensors/.ckpt file or a hub id"),
     "template": ("Prompt template", "A file in textual_inversion_templates/ or data/templates, without .txt"),
     # basic
     "lr": ("Learning rate", "One rate, or rate:until-step pairs, e.g. 0.005:100, 1e-3:1000, 1e-5"),
@@ -57,6 +57,8 @@ FIELD_TEXT: dict[str, tuple[str, str | None]] = {
     "gradient_checkpointing": ("Gradient checkpointing", "Less GPU memory, slower steps"),
     "mixed_precision": ("Mixed precision", "auto: bf16/fp16 on a GPU, full precision on CPU"),
     # previews
+    "preview_first": ("Preview before training too", "Previews of the untrained embedding at step 0, to "
+                                                      "compare the later ones with"),
     "preview_steps": ("Preview sampling steps", None),
     "preview_cfg": ("Preview CFG scale", None),
     "preview_scheduler": ("Preview sampler", None),

@@ -318,6 +318,9 @@ def preflight_text(config, models_dir: Path | None = None, gpu: tuple[int, int, 
     s = settings_for(config, shape or "sd1")
     est = estimate_memory(s)
     what = SHAPES[s.shape].label + (" (assumed: the family is known once the model loads)" if assumed else "")
+    builtin = (config.model or "").strip().lower()
+    if builtin in BUILTIN_MODELS and builtin != s.shape:  # e.g. toy, sized like tiny
+        what = f"{builtin}, sized like {what}"
     ckpt = "gradient checkpointing" if s.gradient_checkpointing else "no checkpointing"
     head = (f"Estimated peak GPU memory: {_gib(est.peak)} ({what}, {s.resolution} px, batch {s.batch_size}, "
             f"{s.precision}, {ckpt}; peak in {est.peak_phase}; estimate, about +-30%).")

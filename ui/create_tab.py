@@ -26,7 +26,8 @@ class CreateTab:
     created: gr.Textbox  # name of the last created embedding: other tabs refresh on its change
 
 
-MODEL_INFO = "tiny is built in (random weights). Or type a diffusers folder, a .safetensors/.ckpt file, or a hub id."
+MODEL_INFO = ("Built in: toy (learned shapes and colours: a first run) and tiny (random weights). Or type a "
+              "diffusers folder, a .safetensors/.ckpt file, or a hub id.")
 
 
 def model_dropdown(ctx: AppContext, label: str, elem_id: str, info: str | None = MODEL_INFO) -> gr.Dropdown:
