@@ -86,6 +86,34 @@ def test_run_folder_events_and_files(tiny_model, data, solid_dataset, tiny_embed
     json.dumps([e.data for e in job.events()])  # JSON-able
 
 
+def test_preview_first_shows_the_untrained_embedding_and_changes_nothing_else(tiny_model, data, solid_dataset):
+    """`preview_first`: previews at step 0 of a fresh run (of the embedding as created), no PNG
+    embedding for them, the trained vectors bit-equal to a run without it, none again on resume."""
+    from train_fixtures import make_embedding, tiny_config
+
+    noisy = dict(flip_p=0.5, latent_sampling="random", lr="0.02", batch_size=2, preview_every=2, preview_steps=2,
+                 preview_seeds=[3, 4], save_every=2, save_png_embeddings=True)
+    runs = {}
+    for first in (False, True):
+        make_embedding(tiny_model, data)  # the same fresh embedding each time
+        job = _job()
+        name = f"first-{first}"
+        result = train(tiny_config(data, solid_dataset, max_steps=2, run_name=name, preview_first=first, **noisy),
+                       tiny_model, data, job)
+        runs[first] = (job, result, RunFolder(data.runs / name))
+    plain, with_first = runs[False], runs[True]
+    assert [e.data["step"] for e in plain[0].events("preview")] == [2, 2]
+    assert [(e.data["step"], e.data["seed"]) for e in with_first[0].events("preview")] == [(0, 3), (0, 4), (2, 3), (2, 4)]
+    assert sorted(p.name for p in with_first[2].previews.iterdir())[:2] == ["flatcol-000000-0.png", "flatcol-000000-1.png"]
+    assert sorted(p.name for p in with_first[2].image_embeddings.iterdir()) == ["flatcol-000002.png"]  # none at 0
+    a, b = (load_embedding(r[1]["files"]["safetensors"]).vectors["clip_l"] for r in (plain, with_first))
+    assert torch.equal(a, b)  # previews draw on their own generators: training is untouched
+    job = _job()
+    train(tiny_config(data, solid_dataset, max_steps=4, run_name="first-True", preview_first=True, **noisy),
+          tiny_model, data, job, run=with_first[2], resume=True)
+    assert [e.data["step"] for e in job.events("preview")] == [4, 4]
+
+
 def test_zero_steps_says_why(tiny_model, data, solid_dataset, tiny_embedding):
     from train_fixtures import tiny_config
 

@@ -129,6 +129,7 @@ class TrainConfig:
     snapshot_formats: list[str] = field(default_factory=lambda: ["safetensors"])
     save_png_embeddings: bool = False
     preview_every: int = 500  # 0 = no previews
+    preview_first: bool = False  # also preview the untrained embedding when a run starts (not on resume)
     preview_prompts: list[str] = field(default_factory=list)  # empty -> first template line
     preview_negative: str = ""
     preview_seeds: list[int] = field(default_factory=lambda: [0])

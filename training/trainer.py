@@ -251,8 +251,9 @@ class RunState:
         if self.writer is not None:
             self.writer.add_scalar("loss/eval", ev, self.step)
 
-    def write_previews(self, emb: Embedding) -> None:
-        """Every preview of this step; a failed one is a warning (it must not end a long run)."""
+    def write_previews(self, emb: Embedding, png_embedding: bool = True) -> None:
+        """Every preview of this step; a failed one is a warning (it must not end a long run).
+        `png_embedding=False` for the untrained embedding's previews: nothing was learned to save."""
         step, t0 = self.step, time.time()
         for k, spec in enumerate(self.previews):
             if self.job.stop_requested:
@@ -273,7 +274,7 @@ class RunState:
             self.preview_seconds += time.time() - t0
             self.preview_rounds += 1
         self.job.progress(len(self.previews), len(self.previews), step=step, phase="preview")
-        if self.config.save_png_embeddings and self.previews and "png" in writable_formats(emb):
+        if png_embedding and self.config.save_png_embeddings and self.previews and "png" in writable_formats(emb):
             try:
                 png = self.run.image_embeddings / f"{snapshot_name(emb.name, step)}.png"
                 first = self.run.previews / f"{snapshot_name(emb.name, step)}-0.png"
@@ -477,6 +478,8 @@ def prepare(config: TrainConfig, model, data_dir: DataDir, job: Job, *, run: Run
             job.emit(events.Eval(step=start, loss=st.evaluator.loss(vectors)))
     st.last_good = _snapshot_state(vectors, optimizer)
     st.t_start = time.time()
+    if main and state is None and config.preview_first and st.previews:  # after t_start: priced like the others
+        st.write_previews(st.live_embedding(start), png_embedding=False)
     return st
 
 
