@@ -3,7 +3,7 @@
     python benchmarks/bench_planted_concept.py [--steps 200] [--every 20] [--lr 0.02 0.05] \
         [--kinds standard per-layer] [--grouping block]
 
-The concept is `world.PLANTED` (a purple star: both words known to the toy model, the pair never
+The concept is `world.PLANTED` (a blue circle: both words known to the toy model, the pair never
 shown), taught from eight images captioned with their background only (models/toy/planted.py).
 Each row trains one embedding through the real trainer, saving a snapshot every `--every`
 steps; afterwards every snapshot generates `len(SEEDS)` images and the attribute reader says
@@ -33,7 +33,7 @@ def run(kind: str, lr: str, steps: int, every: int, vectors: int, batch: int, gr
     from jobs.registry import Job
     from models.load import load_base_model
     from models.toy import load_reader
-    from models.toy.planted import INIT_TEXT, TEMPLATE_FILE, THRESHOLD, concept_rate, make_planted_dataset
+    from models.toy.planted import INIT_TEXT, TEMPLATE, THRESHOLD, concept_rate, make_planted_dataset
     from training.config import TrainConfig
     from training.trainer import train
     from workspace.datadir import DataDir
@@ -51,7 +51,7 @@ def run(kind: str, lr: str, steps: int, every: int, vectors: int, batch: int, gr
         config = TrainConfig.from_dict(dict(
             embedding="planted", dataset=str(dataset), model="toy", resolution=64, bucket_step=8, min_bucket=32,
             max_bucket=128, lr=lr, lr_kind="constant", max_steps=steps, batch_size=batch, save_every=every,
-            preview_every=0, not_learning_steps=0, template=str(dataset.parent / TEMPLATE_FILE), seed=5,
+            preview_every=0, not_learning_steps=0, template=TEMPLATE, seed=5,
             run_name="bench",
         ))
         started = time.perf_counter()

@@ -294,7 +294,6 @@ def test_planted_target_run_learns_on_toy(shared_data, data, tmp_path):
 
     toy = load_base_model("toy", shared_data)  # shipped weights: a failure is a defect
     folder = make_planted_dataset(tmp_path / "planted")
-    (data.templates / "planted.txt").write_text(TEMPLATE)
     save_embedding(DIRECT.make(create_embedding(toy, "dplant", INIT_TEXT, 2), toy.unet, model=toy),
                    data.embeddings / "dplant.safetensors")
     from training.config import TrainConfig
@@ -302,7 +301,7 @@ def test_planted_target_run_learns_on_toy(shared_data, data, tmp_path):
     cfg = TrainConfig.from_dict(dict(
         embedding="dplant", dataset=str(folder), model="toy", resolution=64, bucket_step=8, min_bucket=32,
         max_bucket=128, lr="0.1", lr_kind="constant", max_steps=40, batch_size=4, save_every=0, preview_every=0,
-        not_learning_steps=0, template="planted", seed=1, eval_every=20, eval_images=8, run_name="dplant"))
+        not_learning_steps=0, template=TEMPLATE, seed=1, eval_every=20, eval_images=8, run_name="dplant"))
     job = Job(id="dplant", kind="train", title="dplant")
     train(cfg, toy, data, job)
     evals = [e.data["loss"] for e in job.events("eval")]

@@ -14,6 +14,7 @@ from embeddings.kinds.per_timestep import anchor_timesteps, blend
 from embeddings.prompt import PromptEncoder, generate, prepare_conditioning, schedule_timesteps
 from jobs.registry import Job
 from models.load import load_base_model
+from models.toy.planted import TEMPLATE
 from training.checkpoint import load_bundle
 from training.run_folder import RunFolder
 from training.trainer import train
@@ -426,13 +427,12 @@ def test_planted_timestep_target_is_fitted_better_by_per_timestep_training(data,
         generate(model, f"a tgt on a {bg} background", [target], seed=100 + i, steps=12, cfg=5.0).save(
             folder / f"{i:02d}.png")
         (folder / f"{i:02d}.txt").write_text(f"{bg} background")
-    (data.templates / "planted.txt").write_text("a [name] on a [filewords]\n")
 
     def run(make, name: str):
         save_embedding(make(create_embedding(model, name, "shape", 2)), data.embeddings / f"{name}.safetensors")
         cfg = dict(embedding=name, dataset=str(folder), model="toy", resolution=64, bucket_step=8, min_bucket=32,
                    max_bucket=128, lr="0.01", max_steps=STEPS, batch_size=2, save_every=0, preview_every=0,
-                   not_learning_steps=0, template="planted", seed=1, eval_every=STEPS, eval_images=4, run_name=name)
+                   not_learning_steps=0, template=TEMPLATE, seed=1, eval_every=STEPS, eval_images=4, run_name=name)
         from training.config import TrainConfig
 
         job = Job(id=name, kind="train", title=name)
@@ -443,6 +443,7 @@ def test_planted_timestep_target_is_fitted_better_by_per_timestep_training(data,
 
     standard, _ = run(lambda e: e, "std")
     per_timestep, emb = run(lambda e: PER_TIMESTEP.make(e, model.unet), "pts")
+    print("DBG", emb.kind, list(emb.parts), list(emb.vectors), emb.kind_info)
     gap = float((emb.parts["clip_l"][0] - emb.parts["clip_l"][1]).norm())
     print(f"planted per-timestep target, eval loss after {STEPS} steps: standard {standard:.5f}, "
           f"per-timestep {per_timestep:.5f}; anchors apart by {gap:.4f}")

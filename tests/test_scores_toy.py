@@ -19,6 +19,7 @@ import pytest
 
 from models.clip import find_clip, load_clip
 from models.toy import world
+from models.toy.planted import TEMPLATE
 from models.toy.weights import WEIGHTS_DIR, ToyWeightsError, verify
 from training.config import TrainConfig
 from training.scores import ScoreSettings, likeness_of
@@ -92,7 +93,7 @@ def test_likeness_rises_over_the_learning_run_and_the_suggested_step_shows_the_c
     cfg = TrainConfig.from_dict(dict(
         embedding="planted", dataset=str(planted_dataset), model="toy", resolution=64, bucket_step=8, min_bucket=32,
         max_bucket=128, lr="0.02", lr_kind="constant", max_steps=120, batch_size=4, save_every=40, preview_every=0,
-        not_learning_steps=0, template=str(planted_dataset.parent / "planted_template.txt"), seed=5,
+        not_learning_steps=0, template=TEMPLATE, seed=5,
         score_every=40, clip_model="toy", score_prompts=["a [name] on a orange background"],
         edit_prompts=["a [name] on a green background", "a [name] on a white background"], class_word=world.PLANTED[0],
         score_seeds=[0, 1], score_steps=12, preview_cfg=4.0))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from embeddings.create import create_embedding
 from embeddings.formats import load_embedding, save_embedding
 from jobs.registry import Job
-from models.toy.planted import INIT_TEXT, TEMPLATE_FILE, THRESHOLD, concept_rate
+from models.toy.planted import INIT_TEXT, TEMPLATE, THRESHOLD, concept_rate
 from training.config import TrainConfig
 from training.trainer import train
 
@@ -25,7 +25,7 @@ def planted_config(data, dataset, **overrides) -> TrainConfig:
     values = dict(
         embedding="planted", dataset=str(dataset), model="toy", resolution=64, bucket_step=8, min_bucket=32,
         max_bucket=128, lr="0.05", lr_kind="constant", max_steps=TI_STEPS, batch_size=4, save_every=0,
-        preview_every=0, not_learning_steps=0, template=str(dataset.parent / TEMPLATE_FILE), seed=5,
+        preview_every=0, not_learning_steps=0, template=TEMPLATE, seed=5,
     )
     values.update(overrides)
     return TrainConfig.from_dict(values)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from models.toy import world
 
-TEMPLATE = "a [name] on a [filewords]\n"
-TEMPLATE_FILE = "planted_template.txt"
+TEMPLATE = "object_on_filewords"  # the shipped template "a [name] on a [filewords]" (textual_inversion_templates/)
 SEEDS = tuple(range(100, 110))
 PROMPT_BACKGROUNDS = ("green", "orange", "white", "red", "yellow")  # never the planted colour: the world has no blue-on-blue
 THRESHOLD = 0.7  # the share of seeds that must show the concept after training
@@ -22,7 +21,7 @@ INIT_TEXT = "shape"  # the toy world's word for any shape ("a red shape on ...")
 
 
 def make_planted_dataset(folder: Path, n: int = 8, seed: int = 1) -> Path:
-    """`n` images + .txt captions in `folder`, and the template (`TEMPLATE_FILE`) beside it."""
+    """`n` images + .txt captions ("green background") in `folder`; train them with `TEMPLATE`."""
     folder.mkdir(parents=True, exist_ok=True)
     shape, colour = world.PLANTED
     rng = random.Random(seed)
@@ -30,7 +29,6 @@ def make_planted_dataset(folder: Path, n: int = 8, seed: int = 1) -> Path:
         scene = world.sample_scene(rng, shape=shape, colour=colour)
         world.render(scene).save(folder / f"{i:02d}.png")
         (folder / f"{i:02d}.txt").write_text(f"{scene.background} background")
-    (folder.parent / TEMPLATE_FILE).write_text(TEMPLATE)
     return folder
 
 
@@ -57,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=8)
     args = p.parse_args(argv)
     make_planted_dataset(args.folder, args.n)
-    print(f"{args.n} images + captions in {args.folder}; template: {args.folder.parent / TEMPLATE_FILE}")
+    print(f"{args.n} images + captions in {args.folder}; train them with the template {TEMPLATE!r}")
     return 0
 
 
