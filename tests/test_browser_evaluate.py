@@ -4,30 +4,17 @@ test-artifacts/."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from test_browser_ui import ARGS, CHROMIUM, images_loaded, shot
 from test_scores import SCORE_SETTINGS, make_random_clip
 
 from models.clip import clip_folder
+from tests.browser_fixtures import images_loaded, shot
 from tests.ui_fixtures import running_app
 
-pytest_plugins = ["train_fixtures"]
+pytest_plugins = ["train_fixtures", "tests.browser_fixtures"]
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
-        pytest.skip("Debian chromium is not installed (apt-get install -y chromium); .ci/run installs it")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 def test_evaluate_chart_suggestion_promote_grid(browser, tiny_model, data, solid_dataset, tiny_embedding):

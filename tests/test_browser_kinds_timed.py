@@ -11,16 +11,17 @@ import re
 
 import pytest
 
-from tests.test_browser_kinds import app, browser, fill, pick, shot  # noqa: F401 (fixtures)
+from tests.browser_fixtures import fill, pick, shot
 from tests.ui_fixtures import make_images
 
 STEPS = 3
 KINDS = (("kpt", "Per-timestep", "per-timestep"), ("kdir", "Direct conditioning (experimental)", "direct"))
 
+pytest_plugins = ["tests.browser_fixtures", "tests.ui_fixtures"]
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
 
-def test_per_timestep_and_direct_embeddings_in_browser(browser, app, tmp_path):  # noqa: F811
+def test_per_timestep_and_direct_embeddings_in_browser(browser, app, tmp_path):
     from playwright.sync_api import expect
 
     from embeddings.formats import load_embedding

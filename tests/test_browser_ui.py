@@ -8,82 +8,15 @@ preview stops it -> a skipped library row shows its reason without an error -> P
 """
 
 import re
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.ui_fixtures import make_images, running_app
+from tests.browser_fixtures import fill, images_loaded, pick, shot
+from tests.ui_fixtures import make_images
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-
+pytest_plugins = ["tests.browser_fixtures", "tests.ui_fixtures"]
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
-        pytest.skip("Debian chromium is not installed (apt-get install -y chromium); .ci/run installs it")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory, shared_data):
-    from workspace.datadir import DataDir
-
-    dd = DataDir.at(tmp_path_factory.mktemp("browser") / "data").ensure()
-    dd.cache.rmdir()
-    dd.cache.symlink_to(shared_data.cache, target_is_directory=True)
-    with running_app(dd) as running:
-        yield running
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def pick(page, elem_id: str, value: str) -> None:
-    """Choose a value in a Gradio dropdown by typing it and pressing Enter."""
-    box = page.locator(f"#{elem_id} input").first
-    box.click()
-    box.fill(value)
-    box.press("Enter")
-    page.keyboard.press("Escape")
-
-
-def images_loaded(page, elem_id: str, timeout: float = 60_000) -> None:
-    """Wait until every <img> under the element has loaded with real pixels (a broken file URL
-    leaves naturalWidth 0), so the screenshots show the pictures too. Gallery images load lazily, so
-    each is scrolled into view first."""
-    for img in page.locator(f"#{elem_id} img").all():
-        img.scroll_into_view_if_needed()
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    try:
-        page.wait_for_function(
-            """(id) => { const imgs = [...document.querySelectorAll(`#${id} img`)];
-                         return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
-            arg=elem_id, timeout=timeout)
-    except PlaywrightTimeout:
-        states = page.evaluate("""(id) => [...document.querySelectorAll(`#${id} img`)].map(
-            i => ({src: i.src.slice(-80), complete: i.complete, w: i.naturalWidth, loading: i.loading}))""", elem_id)
-        raise AssertionError(f"images in #{elem_id} did not load: {states}") from None
-
-
-def fill(page, elem_id: str, value: str) -> None:
-    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
-    box.fill(value)
-    box.press("Tab")
 
 
 def test_full_workflow_in_browser(browser, app, tmp_path):

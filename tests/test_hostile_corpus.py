@@ -19,6 +19,7 @@ from PIL import Image
 from tests.hostile_corpus import LONG_STEM, Case, embedding_cases, image_cases, write_cases
 
 ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ["tests.ui_fixtures"]
 pytestmark = pytest.mark.timeout(600)
 
 # Scans word an unsupported suffix a little differently from preprocess ("not an image (unsupported
@@ -154,19 +155,7 @@ def test_embeddings_through_the_library_scan(tmp_path):
     assert not marker.exists()
 
 
-# ---- the web UI's upload paths ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def app(tmp_path_factory, shared_data):
-    from tests.ui_fixtures import running_app
-    from workspace.datadir import DataDir
-
-    dd = DataDir.at(tmp_path_factory.mktemp("hostile-app") / "data").ensure()
-    dd.cache.rmdir()
-    dd.cache.symlink_to(shared_data.cache, target_is_directory=True)
-    with running_app(dd) as running:
-        yield running
-
-
+# ---- the web UI's upload paths (the `app` fixture: tests.ui_fixtures) ------------------------------
 def test_embeddings_through_add_files(app, tmp_path):
     from gradio_client import handle_file
 

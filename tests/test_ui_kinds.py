@@ -3,20 +3,8 @@ shows them, Generate mixes styles; the old Create call (no kind) still makes a s
 
 import pytest
 
-from tests.ui_fixtures import running_app
-
+pytest_plugins = ["tests.ui_fixtures"]
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory, shared_data):
-    from workspace.datadir import DataDir
-
-    dd = DataDir.at(tmp_path_factory.mktemp("ui-kinds") / "data").ensure()
-    dd.cache.rmdir()
-    dd.cache.symlink_to(shared_data.cache, target_is_directory=True)
-    with running_app(dd) as running:
-        yield running
 
 
 def test_create_per_layer_library_kind_and_style_mix(app):

@@ -6,8 +6,9 @@ import time
 import pytest
 from gradio_client import handle_file
 
-from tests.ui_fixtures import make_images, running_app
+from tests.ui_fixtures import make_images
 
+pytest_plugins = ["tests.ui_fixtures"]
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -33,17 +34,6 @@ def _pre_args(**overrides):
     from ui.preprocess_tab import _fields
 
     return [overrides.get(n, d) for n, _, d in _fields()]
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory, shared_data):
-    from workspace.datadir import DataDir
-
-    dd = DataDir.at(tmp_path_factory.mktemp("ui-app") / "data").ensure()
-    dd.cache.rmdir()
-    dd.cache.symlink_to(shared_data.cache, target_is_directory=True)
-    with running_app(dd) as running:
-        yield running
 
 
 def test_create_library_export_generate(app, tmp_path):

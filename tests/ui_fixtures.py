@@ -1,4 +1,8 @@
-"""Helpers for UI tests: launch the real app on a free localhost port and talk to it."""
+"""Helpers for UI tests: launch the real app on a free localhost port and talk to it.
+
+`pytest_plugins = ["tests.ui_fixtures"]` also gives a module the `app` fixture: one running app
+per module over a fresh data folder.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from workspace.datadir import DataDir
 
@@ -44,6 +50,16 @@ def running_app(data: DataDir, **launch_kwargs: Any) -> Iterator[RunningApp]:
     finally:
         demo.close()
         ctx.registry.shutdown(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, shared_data):
+    """The real app on a free localhost port over a fresh data folder (the model cache shared)."""
+    dd = DataDir.at(tmp_path_factory.mktemp("app") / "data").ensure()
+    dd.cache.rmdir()
+    dd.cache.symlink_to(shared_data.cache, target_is_directory=True)
+    with running_app(dd) as running:
+        yield running
 
 
 def make_images(folder: Path, n: int = 3, size: int = 64, seed: int = 0) -> list[Path]:
