@@ -73,6 +73,19 @@ class Kind:
     def check(self, emb: Embedding) -> None:
         """Raise EmbeddingError when `emb.parts` / `emb.kind_info` do not fit together."""
 
+    def standard_part_of(self, emb: Embedding) -> dict[str, torch.Tensor]:
+        """The standard vectors other tools load, derived from `emb.parts` (a kind with parts says how)."""
+        return emb.vectors
+
+    def from_parts(self, standard: Embedding, parts: dict[str, torch.Tensor], info: dict[str, Any]) -> Embedding:
+        """An embedding of this kind holding `parts` and `info`, with `standard`'s name, step and
+        metadata; its standard part derived from the parts, and the whole checked (the end of `make`)."""
+        emb = Embedding(standard.name, {k: v.clone() for k, v in standard.vectors.items()}, standard.step,
+                        dict(standard.metadata), kind=self.name, parts=parts, kind_info=info)
+        emb.vectors = self.standard_part_of(emb)
+        self.check(emb)
+        return emb
+
     def layout(self, emb: Embedding, unet) -> LayerLayout | None:
         """The layer routing `emb` needs on `unet` (None: the same conditioning on every layer)."""
         return None

@@ -60,11 +60,10 @@ class PerLayerKind(Kind):
                                  f"({', '.join(layout.groups[:6])}{' ...' if layout.size > 6 else ''})")
         parts = {k: v.unsqueeze(0).repeat(layout.size, 1, 1) for k, v in standard.vectors.items()}
         info = {"grouping": grouping, "groups": list(layout.groups), "standard": standard_part}
-        emb = Embedding(standard.name, {k: v.clone() for k, v in standard.vectors.items()}, standard.step,
-                        dict(standard.metadata), kind=self.name, parts=parts, kind_info=info)
-        emb.vectors = standard_part_of(emb)
-        self.check(emb)
-        return emb
+        return self.from_parts(standard, parts, info)
+
+    def standard_part_of(self, emb: Embedding) -> dict[str, torch.Tensor]:
+        return standard_part_of(emb)
 
     def check(self, emb: Embedding) -> None:
         info = emb.kind_info

@@ -103,11 +103,10 @@ class PerTimestepKind(Kind):
             info.update(grouping=anchor_grouping, groups=list(layout.groups))
             sets = (count, layout.size)
         parts = {k: v.expand(*sets, *v.shape).clone() for k, v in standard.vectors.items()}
-        emb = Embedding(standard.name, {k: v.clone() for k, v in standard.vectors.items()}, standard.step,
-                        dict(standard.metadata), kind=self.name, parts=parts, kind_info=info)
-        emb.vectors = standard_part_of(emb)
-        self.check(emb)
-        return emb
+        return self.from_parts(standard, parts, info)
+
+    def standard_part_of(self, emb: Embedding) -> dict[str, torch.Tensor]:
+        return standard_part_of(emb)
 
     def check(self, emb: Embedding) -> None:
         at, std = emb.kind_info.get("timesteps"), emb.kind_info.get("standard")
