@@ -19,23 +19,12 @@ from embeddings.kinds import DIRECT, KINDS, install_routing, kind_of, layer_layo
 from embeddings.prompt import PromptEncoder, embedding_vectors, encoder_outputs, generate
 from jobs.registry import Job
 from models.load import load_base_model
-from training.checkpoint import load_bundle
+from tests.kinds_fixtures import check_non_finite_steps_stop, check_resume_is_bit_exact, moved, std_embedding
 from training.loss import denoise_loss
 from training.run_folder import RunFolder
 from training.trainer import train
 
 pytest_plugins = ["train_fixtures"]
-
-
-def _std(model, name="zork", vectors=2):
-    return create_embedding(model, name, "cat", vectors)
-
-
-def _moved(emb, seed=0, scale=0.3):
-    """`emb` with its learned vectors moved (as training would)."""
-    gen = torch.Generator().manual_seed(seed)
-    parts = {k: v + scale * torch.randn(v.shape, generator=gen) for k, v in emb.parts.items()}
-    return kind_of(emb).rebuild(emb, parts, step=emb.step, metadata=dict(emb.metadata))
 
 
 def _cond(model, emb, prompts):
@@ -60,7 +49,7 @@ def test_start_equals_plain_ti_with_the_init_text_exactly(tiny_model):
     gave at those slots for the same input in a batch of the same shape, and every other position
     is computed from the same input (the carrier is the standard embedding's vectors), so the two
     contexts are the same floats and so is the UNet's output."""
-    std = _std(tiny_model)
+    std = std_embedding(tiny_model)
     direct = DIRECT.make(std, tiny_model.unet, model=tiny_model)
     assert torch.equal(DIRECT.encoder_inputs(direct)["clip_l"],
                        std.vectors["clip_l"])
@@ -72,7 +61,7 @@ def test_start_equals_plain_ti_with_the_init_text_exactly(tiny_model):
     there = DIRECT.rebuild(direct, encoder_outputs(tiny_model, "zork", std.vectors, prompt), step=0, metadata={})
     assert torch.equal(_cond(tiny_model, there, [prompt]).hidden, _cond(tiny_model, std, [prompt]).hidden)
     # ... which really depends on the vectors: moved ones change the UNet's output
-    assert not torch.equal(_unet_out(tiny_model, _cond(tiny_model, _moved(direct), ["zork"])),
+    assert not torch.equal(_unet_out(tiny_model, _cond(tiny_model, moved(direct), ["zork"])),
                            _unet_out(tiny_model, plain))
 
 
@@ -80,7 +69,7 @@ def test_no_gradient_reaches_the_text_encoder(tiny_model):
     """With every text-encoder weight (token embeddings included) switched to trainable, a direct
     step's backward leaves them all without a gradient; the same step with the standard embedding
     does reach them (so the check can fail)."""
-    std = _std(tiny_model)
+    std = std_embedding(tiny_model)
     direct = DIRECT.make(std, tiny_model.unet, model=tiny_model)
     sched = DDPMScheduler.from_config(tiny_model.scheduler.config)
     te = tiny_model.text_encoders[0]
@@ -111,7 +100,7 @@ def test_no_gradient_reaches_the_text_encoder(tiny_model):
 
 
 def test_per_layer_groups_route_and_get_their_own_gradients(tiny_model):
-    std = _std(tiny_model)
+    std = std_embedding(tiny_model)
     grouped = DIRECT.make(std, tiny_model.unet, model=tiny_model, direct_grouping="block")
     layout = DIRECT.layout(grouped, tiny_model.unet)
     assert layout == layer_layout(tiny_model.unet, "block") and grouped.parts["clip_l"].shape == (16, 2, 32)
@@ -135,7 +124,7 @@ def test_per_layer_groups_route_and_get_their_own_gradients(tiny_model):
 
 
 def test_files_round_trip_and_other_formats_refuse(tiny_model, tmp_path):
-    direct = _moved(DIRECT.make(_std(tiny_model), tiny_model.unet, model=tiny_model, direct_grouping="stage"))
+    direct = moved(DIRECT.make(std_embedding(tiny_model), tiny_model.unet, model=tiny_model, direct_grouping="stage"))
     direct.metadata["init_text"] = "cat"
     path = save_embedding(direct, tmp_path / "zork.safetensors")
     back = load_embedding(path)
@@ -153,7 +142,7 @@ def test_files_round_trip_and_other_formats_refuse(tiny_model, tmp_path):
 
 def test_diffusers_refuses_the_file(data, tmp_path):
     model = load_base_model("tiny", data)  # its own model: a failed load must not touch the shared one
-    path = save_embedding(DIRECT.make(_std(model), model.unet, model=model), tmp_path / "zork.safetensors")
+    path = save_embedding(DIRECT.make(std_embedding(model), model.unet, model=model), tmp_path / "zork.safetensors")
     pipe = model.pipeline()
     n_tokens = len(pipe.tokenizer)
     with pytest.raises(Exception):  # noqa: B017 (diffusers raises ValueError or its own error types)
@@ -164,9 +153,9 @@ def test_diffusers_refuses_the_file(data, tmp_path):
 def test_stock_pipeline_function_matches_generate(tiny_model):
     from embeddings.pipeline import install_embeddings
 
-    direct = _moved(DIRECT.make(_std(tiny_model), tiny_model.unet, model=tiny_model))
+    direct = moved(DIRECT.make(std_embedding(tiny_model), tiny_model.unet, model=tiny_model))
     ours = generate(tiny_model, "a photo of zork", [direct], seed=3, steps=2, cfg=5.0)
-    plain = generate(tiny_model, "a photo of zork", [_std(tiny_model)], seed=3, steps=2, cfg=5.0)
+    plain = generate(tiny_model, "a photo of zork", [std_embedding(tiny_model)], seed=3, steps=2, cfg=5.0)
     assert not np.array_equal(np.asarray(ours), np.asarray(plain))
     pipe = tiny_model.pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -181,27 +170,27 @@ def test_sdxl_both_encoders_outputs(data, tmp_path):
     from embeddings.pipeline import install_embeddings
 
     xl = load_base_model("tiny-sdxl", data)
-    std = _std(xl)
+    std = std_embedding(xl)
     direct = DIRECT.make(std, xl.unet, model=xl)
     assert {k: tuple(v.shape) for k, v in direct.parts.items()} == {"clip_l": (2, 32), "clip_g": (2, 64)}
     plain, ours = _cond(xl, std, ["zork"]), _cond(xl, direct, ["zork"])
     assert torch.equal(ours.hidden, plain.hidden) and torch.equal(ours.pooled, plain.pooled)
-    moved = _moved(direct)
-    changed = _cond(xl, moved, ["zork"])
+    shifted = moved(direct)
+    changed = _cond(xl, shifted, ["zork"])
     assert not torch.equal(changed.hidden[..., :32], plain.hidden[..., :32])  # CLIP-L's part of the context
     assert not torch.equal(changed.hidden[..., 32:], plain.hidden[..., 32:])  # CLIP-G's part
     assert torch.equal(changed.pooled, plain.pooled)  # the pooled output stays the encoder's
     pipe = xl.pipeline()
     pipe.set_progress_bar_config(disable=True)
-    with install_embeddings(pipe, [moved]) as installed:
+    with install_embeddings(pipe, [shifted]) as installed:
         pipe(**installed.encode("zork"), num_inference_steps=1, width=64, height=64, output_type="latent")
-    assert load_embedding(save_embedding(moved, tmp_path / "xl.safetensors")).equal(moved)
+    assert load_embedding(save_embedding(shifted, tmp_path / "xl.safetensors")).equal(shifted)
 
 
 def test_trains_with_previews_and_safetensors_only(tiny_model, data, solid_dataset):
     from train_fixtures import tiny_config
 
-    std = _std(tiny_model, "flatcol")
+    std = std_embedding(tiny_model, "flatcol")
     save_embedding(DIRECT.make(std, tiny_model.unet, model=tiny_model), data.embeddings / "flatcol.safetensors")
     job = Job(id="d", kind="train", title="d")
     out = train(tiny_config(data, solid_dataset, max_steps=3, eval_every=3, snapshot_formats=["safetensors", "pt"],
@@ -218,46 +207,15 @@ def test_trains_with_previews_and_safetensors_only(tiny_model, data, solid_datas
     assert not list((data.runs).glob("*/snapshots/*.pt")) and not list(data.runs.glob("*/image_embeddings/*.png"))
 
 
-NOISY = dict(flip_p=0.5, latent_sampling="random", vector_shuffle="all", grad_accum=2, batch_size=2,
-             shuffle_tags=True, lr="0.02", lr_kind="cosine", warmup_steps=1)
-
-
 def test_resume_is_bit_exact(tiny_model, data, solid_dataset):
-    from train_fixtures import tiny_config
-
-    def fresh():
-        save_embedding(DIRECT.make(_std(tiny_model, "flatcol"), tiny_model.unet, model=tiny_model,
-                                   direct_grouping="stage"), data.embeddings / "flatcol.safetensors")
-
-    fresh()
-    whole = train(tiny_config(data, solid_dataset, max_steps=4, run_name="whole", **NOISY), tiny_model, data,
-                  Job(id="a", kind="train", title="a"))
-    fresh()
-    train(tiny_config(data, solid_dataset, max_steps=2, run_name="half", **NOISY), tiny_model, data,
-          Job(id="b", kind="train", title="b"))
-    run = RunFolder(data.runs / "half")
-    state = load_bundle(run.bundle_path)
-    assert state.embedding_kind == "direct" and state.vectors["clip_l"].shape == (3, 2, 32)
-    rest = train(tiny_config(data, solid_dataset, max_steps=4, run_name="half", **NOISY), tiny_model, data,
-                 Job(id="c", kind="train", title="c"), run=run, resume=True)
-    a = load_embedding(whole["files"]["safetensors"])
-    b = load_embedding(rest["files"]["safetensors"])
-    assert b.kind == "direct" and a.equal(b)
-    assert not any(type(p).__name__ == "RoutedProcessor" for p in tiny_model.unet.attn_processors.values())
+    state = check_resume_is_bit_exact(tiny_model, data, solid_dataset, lambda e: DIRECT.make(
+        e, tiny_model.unet, model=tiny_model, direct_grouping="stage"))
+    assert state.vectors["clip_l"].shape == (3, 2, 32)
 
 
 def test_non_finite_steps_are_skipped_then_stop(tiny_model, data, solid_dataset):
-    from train_fixtures import tiny_config
-
-    from training.errors import TrainingError
-
-    save_embedding(DIRECT.make(_std(tiny_model, "flatcol"), tiny_model.unet, model=tiny_model),
-                   data.embeddings / "flatcol.safetensors")
-    with pytest.raises(TrainingError, match="non-finite steps in a row"):
-        train(tiny_config(data, solid_dataset, lr="1e30", max_steps=5, nan_patience=2, run_name="nan"),
-              tiny_model, data, Job(id="n", kind="train", title="n"))
-    snaps = list((data.runs / "nan" / "snapshots").glob("*.safetensors"))
-    assert snaps and all(load_embedding(p).is_finite() and load_embedding(p).kind == "direct" for p in snaps)
+    check_non_finite_steps_stop(tiny_model, data, solid_dataset,
+                                lambda e: DIRECT.make(e, tiny_model.unet, model=tiny_model))
 
 
 def test_cli_create_inspect_convert(data, tiny_model, tmp_path, capsys):
@@ -315,7 +273,7 @@ def test_two_cpu_processes_train_direct(tiny_model, data, tmp_path, solid_datase
     averaged, and the carrier (what the encoder reads) never trains on either rank."""
     from test_cli_train import _config, _launch_two
 
-    std = _std(tiny_model, "flatcol")
+    std = std_embedding(tiny_model, "flatcol")
     start = DIRECT.make(std, tiny_model.unet, model=tiny_model, direct_grouping="stage")
     save_embedding(start, data.embeddings / "flatcol.safetensors")
     cfg = _config(tmp_path, solid_dataset, max_steps=2, run_name="ddp", save_every=0)
@@ -330,9 +288,9 @@ def test_two_cpu_processes_train_direct(tiny_model, data, tmp_path, solid_datase
 def test_style_mixing_refuses_output_space_vectors(tiny_model):
     from embeddings.kinds import coarse_mask, style_mix
 
-    direct = DIRECT.make(_std(tiny_model, "obj"), tiny_model.unet, model=tiny_model)
+    direct = DIRECT.make(std_embedding(tiny_model, "obj"), tiny_model.unet, model=tiny_model)
     with pytest.raises(EmbeddingError, match="text-encoder outputs"):
-        style_mix(direct, _std(tiny_model, "sty"), tiny_model.unet, coarse_mask(16, 4))
+        style_mix(direct, std_embedding(tiny_model, "sty"), tiny_model.unet, coarse_mask(16, 4))
 
 
 def test_create_tab_and_embeddings_tab_say_experimental(data, tiny_model):

@@ -6,30 +6,17 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from embeddings.create import create_embedding
 from embeddings.embedding import EmbeddingError
 from embeddings.formats import load_embedding, save_embedding
-from embeddings.kinds import KINDS, PER_LAYER, coarse_mask, install_routing, kind_of, layer_layout, routed, style_mix
+from embeddings.kinds import KINDS, PER_LAYER, coarse_mask, install_routing, layer_layout, routed, style_mix
 from embeddings.prompt import PromptEncoder, generate
 from jobs.registry import Job
 from models.load import load_base_model
-from training.checkpoint import load_bundle
+from tests.kinds_fixtures import check_non_finite_steps_stop, check_resume_is_bit_exact, moved, std_embedding
 from training.loss import denoise_loss
-from training.run_folder import RunFolder
 from training.trainer import train
 
 pytest_plugins = ["train_fixtures"]
-
-
-def _std(model, name="zork", vectors=2):
-    return create_embedding(model, name, "cat", vectors)
-
-
-def _varied(emb, seed=0, scale=0.3):
-    """A per-layer embedding whose groups really differ."""
-    gen = torch.Generator().manual_seed(seed)
-    parts = {k: v + scale * torch.randn(v.shape, generator=gen) for k, v in emb.parts.items()}
-    return kind_of(emb).rebuild(emb, parts, step=emb.step, metadata=dict(emb.metadata))
 
 
 def _unet_out(model, cond, seed=0):
@@ -56,7 +43,7 @@ def test_registry_lists_kinds_with_a_line_each():
 
 
 def test_all_groups_equal_gives_exactly_the_standard_unet_output(tiny_model):
-    std = _std(tiny_model)
+    std = std_embedding(tiny_model)
     pl = PER_LAYER.make(std, tiny_model.unet)
     layout = PER_LAYER.layout(pl, tiny_model.unet)
     prompts = ["a photo of zork"]
@@ -76,7 +63,7 @@ def test_all_groups_equal_gives_exactly_the_standard_unet_output(tiny_model):
 
 def test_routing_really_routes(tiny_model):
     """Different groups change the output, and changing one group's vectors changes it again."""
-    pl = _varied(PER_LAYER.make(_std(tiny_model), tiny_model.unet))
+    pl = moved(PER_LAYER.make(std_embedding(tiny_model), tiny_model.unet))
     layout = PER_LAYER.layout(pl, tiny_model.unet)
     enc = PromptEncoder(tiny_model, {"zork": 2}, layout=layout)
     with routed(tiny_model.unet, layout):
@@ -91,7 +78,7 @@ def test_routing_really_routes(tiny_model):
 
 
 def test_each_group_gets_its_own_gradient(tiny_model):
-    pl = PER_LAYER.make(_std(tiny_model), tiny_model.unet)
+    pl = PER_LAYER.make(std_embedding(tiny_model), tiny_model.unet)
     layout = PER_LAYER.layout(pl, tiny_model.unet)
     enc = PromptEncoder(tiny_model, {"zork": 2}, layout=layout)
     live = {k: v.clone().requires_grad_(True) for k, v in pl.parts.items()}
@@ -113,7 +100,7 @@ def test_each_group_gets_its_own_gradient(tiny_model):
 def test_trains_groups_apart_and_writes_per_layer_files(tiny_model, data, solid_dataset):
     from train_fixtures import tiny_config
 
-    std = _std(tiny_model, "flatcol")
+    std = std_embedding(tiny_model, "flatcol")
     save_embedding(PER_LAYER.make(std, tiny_model.unet), data.embeddings / "flatcol.safetensors")
     job = Job(id="pl", kind="train", title="pl")
     out = train(tiny_config(data, solid_dataset, max_steps=3, eval_every=3, snapshot_formats=["safetensors", "pt"],
@@ -136,51 +123,19 @@ def test_trains_groups_apart_and_writes_per_layer_files(tiny_model, data, solid_
     assert not any(type(p).__name__ == "RoutedProcessor" for p in tiny_model.unet.attn_processors.values())
 
 
-NOISY = dict(flip_p=0.5, latent_sampling="random", vector_shuffle="all", grad_accum=2, batch_size=2,
-             shuffle_tags=True, lr="0.02", lr_kind="cosine", warmup_steps=1, density_weight=0.01)
-
-
 def test_per_layer_resume_is_bit_exact(tiny_model, data, solid_dataset):
-    from train_fixtures import tiny_config
-
-    def fresh():
-        save_embedding(PER_LAYER.make(_std(tiny_model, "flatcol"), tiny_model.unet),
-                       data.embeddings / "flatcol.safetensors")
-
-    fresh()
-    whole = train(tiny_config(data, solid_dataset, max_steps=4, run_name="whole", **NOISY), tiny_model, data,
-                  Job(id="a", kind="train", title="a"))
-    fresh()
-    train(tiny_config(data, solid_dataset, max_steps=2, run_name="half", **NOISY), tiny_model, data,
-          Job(id="b", kind="train", title="b"))
-    run = RunFolder(data.runs / "half")
-    state = load_bundle(run.bundle_path)
-    assert state.embedding_kind == "per-layer" and state.vectors["clip_l"].shape == (16, 2, 32)
-    rest = train(tiny_config(data, solid_dataset, max_steps=4, run_name="half", **NOISY), tiny_model, data,
-                 Job(id="c", kind="train", title="c"), run=run, resume=True)
-    a = load_embedding(whole["files"]["safetensors"])
-    b = load_embedding(rest["files"]["safetensors"])
-    assert b.kind == "per-layer" and a.equal(b)
+    state = check_resume_is_bit_exact(tiny_model, data, solid_dataset, lambda e: PER_LAYER.make(e, tiny_model.unet),
+                                      density_weight=0.01)
+    assert state.vectors["clip_l"].shape == (16, 2, 32)
 
 
 def test_per_layer_non_finite_steps_are_skipped_then_stop(tiny_model, data, solid_dataset):
-    from train_fixtures import tiny_config
-
-    from training.errors import TrainingError
-
-    save_embedding(PER_LAYER.make(_std(tiny_model, "flatcol"), tiny_model.unet), data.embeddings / "flatcol.safetensors")
-    job = Job(id="n", kind="train", title="n")
-    with pytest.raises(TrainingError, match="non-finite steps in a row"):
-        train(tiny_config(data, solid_dataset, lr="1e30", max_steps=5, nan_patience=2, run_name="nan"),
-              tiny_model, data, job)
-    snaps = list((data.runs / "nan" / "snapshots").glob("*.safetensors"))
-    assert snaps and all(load_embedding(p).is_finite() and load_embedding(p).kind == "per-layer" for p in snaps)
-    assert not any(type(p).__name__ == "RoutedProcessor" for p in tiny_model.unet.attn_processors.values())
+    check_non_finite_steps_stop(tiny_model, data, solid_dataset, lambda e: PER_LAYER.make(e, tiny_model.unet))
 
 
 @pytest.mark.parametrize("grouping", ["block", "stage"])
 def test_files_round_trip_bit_exact(tiny_model, tmp_path, grouping):
-    pl = _varied(PER_LAYER.make(_std(tiny_model), tiny_model.unet, grouping=grouping))
+    pl = moved(PER_LAYER.make(std_embedding(tiny_model), tiny_model.unet, grouping=grouping))
     pl.metadata["init_text"] = "cat"
     for fmt in ("safetensors", "png"):
         back = load_embedding(save_embedding(pl, tmp_path / f"zork.{fmt}"))
@@ -193,9 +148,9 @@ def test_files_round_trip_bit_exact(tiny_model, tmp_path, grouping):
 
 
 def test_chosen_group_as_standard_part(tiny_model, tmp_path):
-    std = _std(tiny_model)
+    std = std_embedding(tiny_model)
     group = layer_layout(tiny_model.unet, "block").groups[6]
-    pl = _varied(PER_LAYER.make(std, tiny_model.unet, standard_part=group))
+    pl = moved(PER_LAYER.make(std, tiny_model.unet, standard_part=group))
     assert torch.equal(pl.vectors["clip_l"], pl.parts["clip_l"][6])
     assert load_embedding(save_embedding(pl, tmp_path / "z.safetensors")).equal(pl)
 
@@ -204,7 +159,7 @@ def test_standard_part_loads_in_diffusers(data, tmp_path):
     # a model of its own: diffusers resizes the text encoder (and its config) when it adds tokens,
     # which must not leak into the session's shared tiny model
     model = load_base_model("tiny", data)
-    pl = _varied(PER_LAYER.make(_std(model), model.unet))
+    pl = moved(PER_LAYER.make(std_embedding(model), model.unet))
     path = save_embedding(pl, tmp_path / "zork.safetensors")
     pipe = model.pipeline()
     tokenizer, te = pipe.tokenizer, pipe.text_encoder
@@ -222,7 +177,7 @@ def test_standard_part_loads_in_diffusers(data, tmp_path):
 def test_stock_pipeline_function_matches_generate(tiny_model):
     from embeddings.pipeline import install_embeddings
 
-    pl = _varied(PER_LAYER.make(_std(tiny_model), tiny_model.unet))
+    pl = moved(PER_LAYER.make(std_embedding(tiny_model), tiny_model.unet))
     ours = generate(tiny_model, "a photo of zork", [pl], seed=3, steps=2, cfg=5.0)
     pipe = tiny_model.pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -238,7 +193,7 @@ def test_stock_pipeline_function_matches_generate(tiny_model):
 def test_sdxl_per_block_routing_and_training_step(data, tmp_path):
 
     xl = load_base_model("tiny-sdxl", data)
-    pl = _varied(PER_LAYER.make(_std(xl), xl.unet))
+    pl = moved(PER_LAYER.make(std_embedding(xl), xl.unet))
     layout = PER_LAYER.layout(pl, xl.unet)
     assert layout.size == len(set(layout.groups)) < len(layout.layers)  # blocks group several layers
     assert set(pl.parts) == {"clip_l", "clip_g"}
@@ -255,8 +210,8 @@ def test_sdxl_per_block_routing_and_training_step(data, tmp_path):
 
 
 def test_style_mix_takes_each_layer_from_one_embedding(tiny_model):
-    a = _varied(PER_LAYER.make(_std(tiny_model, "obj"), tiny_model.unet), seed=1)
-    b = _std(tiny_model, "sty")  # a standard embedding mixes too
+    a = moved(PER_LAYER.make(std_embedding(tiny_model, "obj"), tiny_model.unet), seed=1)
+    b = std_embedding(tiny_model, "sty")  # a standard embedding mixes too
     mask = coarse_mask(16, 4)
     assert mask == [False] * 4 + [True] * 8 + [False] * 4
     mixed = style_mix(a, b, tiny_model.unet, mask)
@@ -267,13 +222,13 @@ def test_style_mix_takes_each_layer_from_one_embedding(tiny_model):
     all_a = style_mix(a, b, tiny_model.unet, coarse_mask(16, 0))
     assert torch.equal(all_a.parts["clip_l"], a.parts["clip_l"])
     with pytest.raises(EmbeddingError, match="must match"):
-        style_mix(a, _std(tiny_model, "three", 3), tiny_model.unet, mask)
+        style_mix(a, std_embedding(tiny_model, "three", 3), tiny_model.unet, mask)
 
 
 def test_embedding_made_for_another_unet_is_refused(tiny_model, data):
 
     xl = load_base_model("tiny-sdxl", data)
-    pl = PER_LAYER.make(_std(xl), xl.unet)
+    pl = PER_LAYER.make(std_embedding(xl), xl.unet)
     other = pl.copy(kind_info={**pl.kind_info, "groups": ["a", "b"]})
     with pytest.raises(EmbeddingError, match="made for a UNet"):
         PER_LAYER.layout(other, xl.unet)
@@ -284,7 +239,7 @@ def test_sdxl_per_layer_trains(data, solid_dataset):
 
 
     xl = load_base_model("tiny-sdxl", data)
-    save_embedding(PER_LAYER.make(_std(xl, "flatcol"), xl.unet), data.embeddings / "flatcol.safetensors")
+    save_embedding(PER_LAYER.make(std_embedding(xl, "flatcol"), xl.unet), data.embeddings / "flatcol.safetensors")
     out = train(tiny_config(data, solid_dataset, model="tiny-sdxl", max_steps=2), xl, data,
                 Job(id="x", kind="train", title="x"))
     final = load_embedding(out["files"]["safetensors"])
@@ -299,8 +254,8 @@ def test_mixed_groupings_in_one_prompt(tiny_model):
     from embeddings.kinds import conditioning_layout
     from embeddings.prompt import prepare_conditioning
 
-    a = _varied(PER_LAYER.make(_std(tiny_model, "aaa"), tiny_model.unet, grouping="block"), seed=1)
-    b = _varied(PER_LAYER.make(_std(tiny_model, "bbb"), tiny_model.unet, grouping="stage"), seed=2)
+    a = moved(PER_LAYER.make(std_embedding(tiny_model, "aaa"), tiny_model.unet, grouping="block"), seed=1)
+    b = moved(PER_LAYER.make(std_embedding(tiny_model, "bbb"), tiny_model.unet, grouping="stage"), seed=2)
     layout = conditioning_layout(tiny_model.unet, [a, b])
     assert layout.grouping == "layer" and layout.size == 16
     on_layers = PER_LAYER.condition(b, layout)["clip_l"]

@@ -9,12 +9,14 @@ import torch
 from embeddings.create import create_embedding
 from embeddings.embedding import EmbeddingError
 from embeddings.formats import load_embedding, save_embedding
-from embeddings.kinds import KINDS, PER_TIMESTEP, kind_of
+from embeddings.kinds import KINDS, PER_TIMESTEP
 from embeddings.kinds.per_timestep import anchor_timesteps, blend
 from embeddings.prompt import PromptEncoder, generate, prepare_conditioning, schedule_timesteps
 from jobs.registry import Job
 from models.load import load_base_model
 from models.toy.planted import TEMPLATE
+from tests.kinds_fixtures import check_non_finite_steps_stop, check_resume_is_bit_exact, moved, std_embedding
+from tests.process_fixtures import sigkill_when
 from training.checkpoint import load_bundle
 from training.run_folder import RunFolder
 from training.trainer import train
@@ -22,15 +24,9 @@ from training.trainer import train
 pytest_plugins = ["train_fixtures"]
 
 
-def _std(model, name="zork", vectors=2):
-    return create_embedding(model, name, "cat", vectors)
-
-
-def _varied(emb, seed=0, scale=0.5):
-    """A per-timestep embedding whose anchors really differ."""
-    gen = torch.Generator().manual_seed(seed)
-    parts = {k: v + scale * torch.randn(v.shape, generator=gen) for k, v in emb.parts.items()}
-    return kind_of(emb).rebuild(emb, parts, step=emb.step, metadata=dict(emb.metadata))
+def varied(emb, seed=0):
+    """Anchors that really differ (moved further than the other kinds' tests move theirs)."""
+    return moved(emb, seed, scale=0.5)
 
 
 def _unet_out(model, cond, t=500, seed=0):
@@ -43,7 +39,7 @@ def _unet_out(model, cond, t=500, seed=0):
 def test_registered_with_options_and_made_from_a_standard_embedding(tiny_model):
     assert KINDS["per-timestep"] is PER_TIMESTEP and PER_TIMESTEP.timed and PER_TIMESTEP.summary
     assert {o.name for o in PER_TIMESTEP.options} == {"anchors", "standard_at", "anchor_grouping"}
-    std = _std(tiny_model)
+    std = std_embedding(tiny_model)
     emb = PER_TIMESTEP.make(std, tiny_model.unet, anchors="3")
     assert emb.parts["clip_l"].shape == (3, 2, 32)
     assert emb.kind_info == {"timesteps": [0.0, 499.5, 999.0], "standard": 499.5}
@@ -92,7 +88,7 @@ def test_blend_between_anchors_is_exact():
 
 
 def test_all_anchors_equal_gives_exactly_the_standard_unet_output(tiny_model):
-    std = _std(tiny_model)
+    std = std_embedding(tiny_model)
     emb = PER_TIMESTEP.make(std, tiny_model.unet, anchors="4")
     prompts = ["a photo of zork", "zork on a table"]
     enc = PromptEncoder(tiny_model, {"zork": 2})
@@ -107,7 +103,7 @@ def test_all_anchors_equal_gives_exactly_the_standard_unet_output(tiny_model):
 
 
 def test_each_row_gets_its_own_blend_in_one_encoder_pass(tiny_model):
-    emb = _varied(PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet))
+    emb = varied(PER_TIMESTEP.make(std_embedding(tiny_model), tiny_model.unet))
     enc = PromptEncoder(tiny_model, {"zork": 2})
     calls = []
     handle = tiny_model.text_encoders[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
@@ -134,7 +130,7 @@ def test_each_row_gets_its_own_blend_in_one_encoder_pass(tiny_model):
 def test_trains_anchors_apart_with_previews_eval_and_files(tiny_model, data, solid_dataset):
     from train_fixtures import tiny_config
 
-    std = _std(tiny_model, "flatcol")
+    std = std_embedding(tiny_model, "flatcol")
     save_embedding(PER_TIMESTEP.make(std, tiny_model.unet, anchors="3"), data.embeddings / "flatcol.safetensors")
     job = Job(id="pt", kind="train", title="pt")
     out = train(tiny_config(data, solid_dataset, max_steps=3, eval_every=3, snapshot_formats=["safetensors", "pt"],
@@ -158,51 +154,18 @@ def test_trains_anchors_apart_with_previews_eval_and_files(tiny_model, data, sol
     assert len(norms["layers"]["clip_l"]) == 3 and len(norms["layers"]["clip_l"][0]) == 2  # anchor x vector
 
 
-NOISY = dict(flip_p=0.5, latent_sampling="random", vector_shuffle="all", grad_accum=2, batch_size=2,
-             shuffle_tags=True, lr="0.02", lr_kind="cosine", warmup_steps=1, density_weight=0.01)
-
-
 def test_per_timestep_resume_is_bit_exact(tiny_model, data, solid_dataset):
-    from train_fixtures import tiny_config
-
-    def fresh():
-        save_embedding(PER_TIMESTEP.make(_std(tiny_model, "flatcol"), tiny_model.unet),
-                       data.embeddings / "flatcol.safetensors")
-
-    fresh()
-    whole = train(tiny_config(data, solid_dataset, max_steps=4, run_name="whole", **NOISY), tiny_model, data,
-                  Job(id="a", kind="train", title="a"))
-    fresh()
-    train(tiny_config(data, solid_dataset, max_steps=2, run_name="half", **NOISY), tiny_model, data,
-          Job(id="b", kind="train", title="b"))
-    run = RunFolder(data.runs / "half")
-    state = load_bundle(run.bundle_path)
-    assert state.embedding_kind == "per-timestep" and state.vectors["clip_l"].shape == (2, 2, 32)
-    assert state.kind_info["timesteps"] == [0.0, 999.0]
-    rest = train(tiny_config(data, solid_dataset, max_steps=4, run_name="half", **NOISY), tiny_model, data,
-                 Job(id="c", kind="train", title="c"), run=run, resume=True)
-    a = load_embedding(whole["files"]["safetensors"])
-    b = load_embedding(rest["files"]["safetensors"])
-    assert b.kind == "per-timestep" and a.equal(b)
+    state = check_resume_is_bit_exact(tiny_model, data, solid_dataset,
+                                      lambda e: PER_TIMESTEP.make(e, tiny_model.unet), density_weight=0.01)
+    assert state.vectors["clip_l"].shape == (2, 2, 32) and state.kind_info["timesteps"] == [0.0, 999.0]
 
 
 def test_per_timestep_non_finite_steps_are_skipped_then_stop(tiny_model, data, solid_dataset):
-    from train_fixtures import tiny_config
-
-    from training.errors import TrainingError
-
-    save_embedding(PER_TIMESTEP.make(_std(tiny_model, "flatcol"), tiny_model.unet),
-                   data.embeddings / "flatcol.safetensors")
-    job = Job(id="n", kind="train", title="n")
-    with pytest.raises(TrainingError, match="non-finite steps in a row"):
-        train(tiny_config(data, solid_dataset, lr="1e30", max_steps=5, nan_patience=2, run_name="nan"),
-              tiny_model, data, job)
-    snaps = list((data.runs / "nan" / "snapshots").glob("*.safetensors"))
-    assert snaps and all(load_embedding(p).is_finite() and load_embedding(p).kind == "per-timestep" for p in snaps)
+    check_non_finite_steps_stop(tiny_model, data, solid_dataset, lambda e: PER_TIMESTEP.make(e, tiny_model.unet))
 
 
 def test_files_round_trip_bit_exact(tiny_model, tmp_path):
-    emb = _varied(PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet, anchors="5", standard_at="300"))
+    emb = varied(PER_TIMESTEP.make(std_embedding(tiny_model), tiny_model.unet, anchors="5", standard_at="300"))
     emb.metadata["init_text"] = "cat"
     for fmt in ("safetensors", "png"):
         back = load_embedding(save_embedding(emb, tmp_path / f"zork.{fmt}"))
@@ -218,7 +181,7 @@ def test_files_round_trip_bit_exact(tiny_model, tmp_path):
 
 def test_standard_part_loads_in_diffusers(data, tmp_path):
     model = load_base_model("tiny", data)  # its own: diffusers resizes the text encoder it loads into
-    emb = _varied(PER_TIMESTEP.make(_std(model), model.unet))
+    emb = varied(PER_TIMESTEP.make(std_embedding(model), model.unet))
     path = save_embedding(emb, tmp_path / "zork.safetensors")
     pipe = model.pipeline()
     try:
@@ -242,7 +205,7 @@ def _contexts_seen(model):
 
 
 def test_generate_switches_the_conditioning_every_step(tiny_model):
-    emb = _varied(PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet, anchors="3"))
+    emb = varied(PER_TIMESTEP.make(std_embedding(tiny_model), tiny_model.unet, anchors="3"))
     prompt, steps = "a photo of zork", 4
     seen, handle = _contexts_seen(tiny_model)
     try:
@@ -256,9 +219,9 @@ def test_generate_switches_the_conditioning_every_step(tiny_model):
         assert torch.equal(ctx[1:], want.hidden) and torch.equal(ctx[:1], neg.hidden), t
     assert not torch.equal(seen[0][1], seen[-1][1])
     # with every anchor equal it is the standard embedding's image, bit for bit
-    flat = PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet, anchors="3")
+    flat = PER_TIMESTEP.make(std_embedding(tiny_model), tiny_model.unet, anchors="3")
     same = generate(tiny_model, prompt, [flat], seed=1, steps=steps, cfg=5.0, width=64, height=64)
-    plain = generate(tiny_model, prompt, [_std(tiny_model)], seed=1, steps=steps, cfg=5.0, width=64, height=64)
+    plain = generate(tiny_model, prompt, [std_embedding(tiny_model)], seed=1, steps=steps, cfg=5.0, width=64, height=64)
     assert np.array_equal(np.asarray(same), np.asarray(plain))
     assert not np.array_equal(np.asarray(image), np.asarray(plain))
 
@@ -266,7 +229,7 @@ def test_generate_switches_the_conditioning_every_step(tiny_model):
 def test_stock_pipeline_function_matches_generate(tiny_model):
     from embeddings.pipeline import install_embeddings
 
-    emb = _varied(PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet))
+    emb = varied(PER_TIMESTEP.make(std_embedding(tiny_model), tiny_model.unet))
     ours = generate(tiny_model, "a photo of zork", [emb], seed=3, steps=3, cfg=5.0, width=64, height=64)
     pipe = tiny_model.pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -290,7 +253,7 @@ def test_sdxl_per_timestep_switches_pooled_too_and_trains(data, solid_dataset):
     from embeddings.pipeline import install_embeddings
 
     xl = load_base_model("tiny-sdxl", data)
-    emb = _varied(PER_TIMESTEP.make(_std(xl), xl.unet))
+    emb = varied(PER_TIMESTEP.make(std_embedding(xl), xl.unet))
     assert set(emb.parts) == {"clip_l", "clip_g"}
     pipe = xl.pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -303,7 +266,7 @@ def test_sdxl_per_timestep_switches_pooled_too_and_trains(data, solid_dataset):
     finally:
         handle.remove()
     assert len(pooled) == 2 and not torch.equal(pooled[0], pooled[1])
-    save_embedding(PER_TIMESTEP.make(_std(xl, "flatcol"), xl.unet), data.embeddings / "flatcol.safetensors")
+    save_embedding(PER_TIMESTEP.make(std_embedding(xl, "flatcol"), xl.unet), data.embeddings / "flatcol.safetensors")
     out = train(tiny_config(data, solid_dataset, model="tiny-sdxl", max_steps=2, batch_size=2), xl, data,
                 Job(id="x", kind="train", title="x"))
     final = load_embedding(out["files"]["safetensors"])
@@ -331,7 +294,7 @@ def test_cli_creates_from_a_standard_embedding_and_generates(data, tiny_model, t
     assert "clip_l norms per anchor: " in text and text.count(" | ") >= 2
     code = main(["create", "ptbad", "--kind", "per-timestep", "--standard-at", "2000", "--data-dir", str(data.root)])
     assert code != 0 and "within 0-999" in capsys.readouterr()[1]
-    save_embedding(_varied(emb), data.embeddings / "ptdog.safetensors")
+    save_embedding(varied(emb), data.embeddings / "ptdog.safetensors")
     code = main(["generate", "a photo of ptdog", "--steps", "2", "--size", "64x64", "--data-dir", str(data.root),
                  "-o", str(tmp_path / "out.png")])
     assert code == 0 and "embeddings used: ptdog" in capsys.readouterr()[0]
@@ -342,7 +305,7 @@ def test_per_layer_x_per_timestep_equivalence_routing_and_generation(tiny_model)
     standard embedding; varied, each step of a generation gets its own routed context."""
     from embeddings.kinds import PER_LAYER, layer_layout, routed
 
-    std = _std(tiny_model)
+    std = std_embedding(tiny_model)
     emb = PER_TIMESTEP.make(std, tiny_model.unet, anchor_grouping="stage")
     assert emb.parts["clip_l"].shape == (2, 3, 2, 32) and emb.kind_info["groups"] == ["down", "mid", "up"]
     layout = PER_TIMESTEP.layout(emb, tiny_model.unet)
@@ -358,12 +321,12 @@ def test_per_layer_x_per_timestep_equivalence_routing_and_generation(tiny_model)
         assert all(torch.equal(cond.hidden[:, g * 77:(g + 1) * 77], plain.hidden) for g in range(3))
         assert torch.equal(_unet_out(tiny_model, cond), _unet_out(tiny_model, plain))
     assert torch.allclose(emb.vectors["clip_l"], std.vectors["clip_l"], rtol=0, atol=1e-7)  # a mean of equals
-    varied = _varied(emb)
-    assert torch.allclose(varied.vectors["clip_l"], varied.parts["clip_l"].mean(dim=(0, 1)), rtol=0, atol=1e-6)
-    assert len(PER_TIMESTEP.norms(varied.parts)["clip_l"]) == 6  # anchor x group rows for the heat map
+    apart = varied(emb)
+    assert torch.allclose(apart.vectors["clip_l"], apart.parts["clip_l"].mean(dim=(0, 1)), rtol=0, atol=1e-6)
+    assert len(PER_TIMESTEP.norms(apart.parts)["clip_l"]) == 6  # anchor x group rows for the heat map
     seen, handle = _contexts_seen(tiny_model)
     try:
-        image = generate(tiny_model, "a photo of zork", [varied], seed=2, steps=3, cfg=5.0, width=64, height=64)
+        image = generate(tiny_model, "a photo of zork", [apart], seed=2, steps=3, cfg=5.0, width=64, height=64)
     finally:
         handle.remove()
     assert [ctx.shape[1] for _, ctx in seen] == [3 * 77] * 3 and not torch.equal(seen[0][1], seen[1][1])
@@ -371,13 +334,13 @@ def test_per_layer_x_per_timestep_equivalence_routing_and_generation(tiny_model)
 
     pipe = tiny_model.pipeline()
     pipe.set_progress_bar_config(disable=True)
-    with install_embeddings(pipe, [varied]) as installed:
+    with install_embeddings(pipe, [apart]) as installed:
         theirs = pipe(**installed.encode("a photo of zork", steps=3), guidance_scale=5.0, width=64, height=64,
                       generator=torch.Generator().manual_seed(2)).images[0]
     assert np.array_equal(np.asarray(theirs), np.asarray(image))
     # beside a per-layer embedding with another grouping: both laid out on every layer
-    other = PER_LAYER.make(_std(tiny_model, "bbb"), tiny_model.unet, grouping="block")
-    (c, _u), mixed_layout = prepare_conditioning(tiny_model, ["zork and bbb", ""], [varied, other],
+    other = PER_LAYER.make(std_embedding(tiny_model, "bbb"), tiny_model.unet, grouping="block")
+    (c, _u), mixed_layout = prepare_conditioning(tiny_model, ["zork and bbb", ""], [apart, other],
                                                  timesteps=[900.0, 100.0])
     assert mixed_layout.grouping == "layer" and c.hidden.shape == (2, 16 * 77, 32)
 
@@ -385,7 +348,7 @@ def test_per_layer_x_per_timestep_equivalence_routing_and_generation(tiny_model)
 def test_per_layer_x_per_timestep_trains_and_resumes(tiny_model, data, solid_dataset):
     from train_fixtures import tiny_config
 
-    save_embedding(PER_TIMESTEP.make(_std(tiny_model, "flatcol"), tiny_model.unet, anchor_grouping="stage"),
+    save_embedding(PER_TIMESTEP.make(std_embedding(tiny_model, "flatcol"), tiny_model.unet, anchor_grouping="stage"),
                    data.embeddings / "flatcol.safetensors")
     train(tiny_config(data, solid_dataset, max_steps=2, run_name="grid", batch_size=2, vector_shuffle="all"),
           tiny_model, data, Job(id="g", kind="train", title="g"))
@@ -452,25 +415,13 @@ def test_planted_timestep_target_is_fitted_better_by_per_timestep_training(data,
 
 
 def test_sigkill_mid_run_leaves_per_timestep_files_that_resume(tiny_model, data, tmp_path, solid_dataset):
-    import signal
-    import time
-
     from test_cli_train import _app, _config
 
-    save_embedding(PER_TIMESTEP.make(_std(tiny_model, "flatcol"), tiny_model.unet, anchors="3"),
+    save_embedding(PER_TIMESTEP.make(std_embedding(tiny_model, "flatcol"), tiny_model.unet, anchors="3"),
                    data.embeddings / "flatcol.safetensors")
     proc = _app(data, "--config", str(_config(tmp_path, solid_dataset, max_steps=1000, run_name="killed")))
     run = RunFolder(data.runs / "killed")
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and not (run.bundle_path.is_file() and len(run.read_loss()) >= 3):
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_when(proc, lambda: run.bundle_path.is_file() and len(run.read_loss()) >= 3, timeout=300)
     state = load_bundle(run.bundle_path)
     assert state.embedding_kind == "per-timestep" and state.vectors["clip_l"].shape == (3, 2, 32)
     snaps = run.snapshot_files()
@@ -487,7 +438,7 @@ def test_two_cpu_processes_train_per_timestep(tiny_model, data, tmp_path, solid_
     """Data-parallel: each process blends its own samples' timesteps; the anchors' gradients are averaged."""
     from test_cli_train import _config, _launch_two
 
-    save_embedding(PER_TIMESTEP.make(_std(tiny_model, "flatcol"), tiny_model.unet),
+    save_embedding(PER_TIMESTEP.make(std_embedding(tiny_model, "flatcol"), tiny_model.unet),
                    data.embeddings / "flatcol.safetensors")
     cfg = _config(tmp_path, solid_dataset, max_steps=2, run_name="ddp", save_every=0)
     proc = _launch_two(data, cfg, "--config", str(cfg), port=29561)
@@ -504,7 +455,7 @@ def test_train_tab_heat_map_rows_are_the_anchors(tiny_model, tmp_path):
                            ("stage", ("t=0 down", "t=0 mid", "t=0 up", "t=999 down", "t=999 mid", "t=999 up"))):
         folder = tmp_path / grouping
         (folder / "original").mkdir(parents=True)
-        emb = PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet, anchor_grouping=grouping)
+        emb = PER_TIMESTEP.make(std_embedding(tiny_model), tiny_model.unet, anchor_grouping=grouping)
         save_embedding(emb, folder / "original" / "zork.safetensors")
         names, title = heatmap_labels(str(folder))
         assert names == want and title.startswith("Vector norms per anchor timestep")
@@ -515,7 +466,7 @@ def test_embeddings_tab_and_library_say_the_anchors(tiny_model, data):
     from embeddings.library import EmbeddingLibrary
     from ui.embeddings_tab import _kind_lines
 
-    emb = PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet, anchors="3", anchor_grouping="stage")
+    emb = PER_TIMESTEP.make(std_embedding(tiny_model), tiny_model.unet, anchors="3", anchor_grouping="stage")
     (line,) = _kind_lines(emb)
     assert "3 anchor sets at t = 0, 499.5, 999" in line and "stage group (3)" in line and "t = 499.5" in line
     save_embedding(emb, data.embeddings / "zork.safetensors")
@@ -540,7 +491,7 @@ def test_create_tab_makes_one(data, tiny_model):
 def test_step_encodings_in_bounded_passes_are_the_same(tiny_model, monkeypatch):
     import embeddings.prompt as prompt_module
 
-    emb = _varied(PER_TIMESTEP.make(_std(tiny_model), tiny_model.unet, anchors="3", anchor_grouping="stage"))
+    emb = varied(PER_TIMESTEP.make(std_embedding(tiny_model), tiny_model.unet, anchors="3", anchor_grouping="stage"))
     ts = [999.0, 750.0, 500.0, 250.0, 1.0]
     (whole, _), _ = prepare_conditioning(tiny_model, ["a photo of zork", ""], [emb], timesteps=ts)
     calls = []
