@@ -2,16 +2,15 @@
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from embeddings.formats import load_embedding
+from tests.process_fixtures import sigkill_when
 from training.checkpoint import load_bundle
 from training.run_folder import RunFolder
 
@@ -50,19 +49,7 @@ def test_sigkill_mid_run_leaves_resumable_files(tiny_model, data, tmp_path, soli
     cfg = _config(tmp_path, solid_dataset, max_steps=1000, run_name="killed")
     proc = _app(data, "--config", str(cfg), "--set", "snapshot_formats=[\"safetensors\", \"pt\"]")
     run = RunFolder(data.runs / "killed")
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:  # wait for a few bundles, then kill in the middle of work
-            if run.bundle_path.is_file() and len(run.read_loss()) >= 3:
-                break
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when(proc, lambda: run.bundle_path.is_file() and len(run.read_loss()) >= 3, timeout=240)
     # every file in the run folder loads
     state = load_bundle(run.bundle_path)
     assert state.step >= 2
@@ -86,15 +73,7 @@ def test_sigkill_mid_run_leaves_resumable_files(tiny_model, data, tmp_path, soli
 def test_two_cpu_processes_with_accelerate(tiny_model, data, tmp_path, solid_dataset, tiny_embedding):
     """Data parallel on CPU: two processes, averaged gradients, one run folder written by rank 0."""
     cfg = _config(tmp_path, solid_dataset, max_steps=2, run_name="ddp", save_every=0)
-    # accelerate's --cpu starts one process unless given an MPI hostfile; --multi_gpu on a machine
-    # without CUDA starts two torchrun workers, which our loop joins over gloo on the CPU.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1"}
-    launcher = Path(sys.executable).parent / "accelerate"
-    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(ROOT / "app.py"), "--data-dir",
-           str(data.root), "train", "--no-bar", "--config", str(cfg)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _launch_two(data, cfg, "--config", str(cfg), port=29517)
     assert "x 2 processes" in proc.stdout
     run = RunFolder(data.runs / "ddp")
     assert [r["step"] for r in run.read_loss()] == [1, 2]
@@ -104,6 +83,9 @@ def test_two_cpu_processes_with_accelerate(tiny_model, data, tmp_path, solid_dat
 
 
 def _launch_two(data, cfg: Path, *extra: str, port: int) -> subprocess.CompletedProcess:
+    """`app.py train` on two CPU processes. accelerate's --cpu starts one process unless given an
+    MPI hostfile; --multi_gpu on a machine without CUDA starts two torchrun workers, which our loop
+    joins over gloo on the CPU."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1"}
     launcher = Path(sys.executable).parent / "accelerate"
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",

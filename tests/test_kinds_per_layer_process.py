@@ -1,14 +1,13 @@
 """A per-layer embedding through `python app.py train` as a subprocess: SIGKILL mid-run leaves
 per-layer files and a bundle that resume; two CPU processes train it data-parallel."""
 
-import signal
-import time
 
 import pytest
 
 from embeddings.create import create_embedding
 from embeddings.formats import load_embedding, save_embedding
 from embeddings.kinds import PER_LAYER
+from tests.process_fixtures import sigkill_when
 from training.checkpoint import load_bundle
 from training.run_folder import RunFolder
 
@@ -27,19 +26,7 @@ def test_sigkill_mid_run_leaves_per_layer_files_that_resume(data, tmp_path, soli
     cfg = _config(tmp_path, solid_dataset, max_steps=1000, run_name="killed", density_weight=0.01)
     proc = _app(data, "--config", str(cfg))
     run = RunFolder(data.runs / "killed")
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:
-            if run.bundle_path.is_file() and len(run.read_loss()) >= 3:
-                break
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when(proc, lambda: run.bundle_path.is_file() and len(run.read_loss()) >= 3, timeout=300)
     state = load_bundle(run.bundle_path)
     assert state.step >= 2 and state.embedding_kind == "per-layer" and state.vectors["clip_l"].shape == (3, 2, 32)
     snaps = run.snapshot_files()

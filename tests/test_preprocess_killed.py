@@ -4,14 +4,14 @@ command run again (default: skip what is done) completes the folder with each so
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from tests.process_fixtures import sigkill_when
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 40
@@ -51,18 +51,7 @@ def test_sigkill_mid_preprocess_then_rerun_completes(tmp_path):
                                                                                   compress_level=0)
 
     proc = _preprocess(src, dst)
-    try:
-        deadline = time.time() + 120
-        while not dst.is_dir() or len(_outputs(dst)) < 6:
-            assert proc.poll() is None, f"finished before it could be killed:\n{proc.stdout.read()}"
-            assert time.time() < deadline, "no outputs appeared"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when(proc, lambda: dst.is_dir() and len(_outputs(dst)) >= 6, timeout=120, poll=0.01)
     written = _outputs(dst)
     assert 6 <= len(written) < 2 * N, "the kill should land mid-run"
     _check_whole(dst)
