@@ -1,7 +1,7 @@
 """The first run in a real browser, on the built-in `toy` model: previews visibly converge.
 
-The README's first-run walkthrough, through the page: the planted concept's eight images (a blue
-circle, a pair the toy model never saw, captioned by background only) are in the data folder ->
+The README's first-run walkthrough, through the page: Preprocess writes the toy example dataset
+(eight images of a blue circle, a pair the toy model never saw, captioned by background only) ->
 Create a 2-vector embedding from "shape" on `toy` -> Train it with the shipped template, previews
 before training and every 25 steps for four seeds -> the gallery's images, fetched as the page
 shows them, are read by the toy model's attribute reader: the untrained previews show some shape in
@@ -31,12 +31,20 @@ def test_toy_previews_converge_in_browser(browser, app, toy_reader):
 
     from embeddings.formats import load_embedding
     from models.toy import world
-    from models.toy.planted import INIT_TEXT, TEMPLATE, make_planted_dataset
+    from models.toy.planted import INIT_TEXT, TEMPLATE
 
-    make_planted_dataset(app.data.datasets / "bluecircle")  # = python -m models.toy.planted data/datasets/bluecircle
     page = browser.new_page(viewport={"width": 1400, "height": 1600})  # the gallery (55% of it) shows every row
     page.goto(app.url)
     expect(page.get_by_role("tab", name="Create")).to_be_visible(timeout=90_000)
+
+    # --- Preprocess: the toy example dataset (= python -m models.toy.planted data/datasets/bluecircle) ----
+    page.get_by_role("tab", name="Preprocess").click()
+    page.get_by_text("Other sources", exact=True).click()
+    page.locator("#pre_toy_example").click()
+    expect(page.locator("#pre_status")).to_contain_text("Wrote the toy example in bluecircle", timeout=90_000)
+    expect(page.locator("#pre_grid")).to_contain_text("background", timeout=90_000)  # its captions, to edit
+    assert len(list((app.data.datasets / "bluecircle").glob("*.png"))) == 8
+    page.get_by_role("tab", name="Create").click()
 
     # --- Create on toy ------------------------------------------------------------------------------
     pick(page, "create_model", "toy")

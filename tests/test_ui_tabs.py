@@ -1,8 +1,11 @@
 """The other tabs' fixes, through their functions (no browser): Create says which init tokens are
 dropped or repeated, the Embeddings tab shows a skipped row calmly and says which models a file
-fits, Generate lists only the names a prompt can use, Preprocess joins caption parts cleanly."""
+fits, Generate lists only the names a prompt can use, Preprocess joins caption parts cleanly and writes
+the toy example dataset."""
 
 from __future__ import annotations
+
+import pytest
 
 from embeddings.formats import save_embedding
 from tests.formats_fixtures import make_embedding
@@ -61,3 +64,25 @@ def test_a_failed_job_bar_is_red():
     from ui.train_tab import progress_html
 
     assert "#dc2626" in progress_html(1.0, failed=True) and "#dc2626" not in progress_html(1.0)
+
+
+def test_toy_example_dataset_is_the_planted_concept_and_never_overwrites(data):
+    import gradio as gr
+
+    from models.toy import world
+    from models.toy.planted import TEMPLATE
+    from ui.preprocess_tab import TOY_EXAMPLE, toy_example
+
+    ctx = AppContext(data=data)
+    message, name = toy_example(ctx, "")
+    assert name == TOY_EXAMPLE and TEMPLATE in message
+    folder = data.datasets / name
+    assert len(list(folder.glob("*.png"))) == 8
+    assert {p.read_text() for p in folder.glob("*.txt")} <= {f"{c} background" for c in world.COLOUR_NAMES}
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(gr.Error, match="already has files"):
+        toy_example(ctx, name)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert toy_example(ctx, "mine")[1] == "mine"
+    with pytest.raises(gr.Error, match="plain folder name"):
+        toy_example(ctx, "../out")

@@ -151,6 +151,24 @@ def dataset_folder(ctx: AppContext, name: str) -> Path:
     return ctx.data.datasets / name
 
 
+TOY_EXAMPLE = "bluecircle"  # the dataset name the toy example gets when the name box is empty
+
+
+def toy_example(ctx: AppContext, name: str) -> tuple[str, str]:
+    """Write the toy world's planted concept (eight blue circles captioned with their background
+    only) as a dataset: the first run on the `toy` model needs no pictures of one's own.
+    Returns (message, dataset name); refuses a folder that already holds files."""
+    from models.toy.planted import TEMPLATE, make_planted_dataset
+
+    folder = dataset_folder(ctx, (name or "").strip() or TOY_EXAMPLE)
+    if folder.is_dir() and any(folder.iterdir()):
+        raise fail(f"Dataset {folder.name!r} already has files: name another one")
+    make_planted_dataset(folder)
+    return (f"Wrote the toy example in **{folder.name}**: 8 pictures of a blue circle, a pair the built-in toy "
+            f"model never saw, captioned with their background only. Train it on *toy* with the template "
+            f"*{TEMPLATE}*.", folder.name)
+
+
 def start(ctx: AppContext, name: str, files: list[str] | None, folder_files: list[str] | None, server_folder: str,
           options) -> str:
     dst = dataset_folder(ctx, name)
@@ -260,6 +278,8 @@ def build(ctx: AppContext) -> Refresh:
                 folder_files = gr.File(label="Pick a folder", file_count="directory", elem_id="pre_folder")
                 server_folder = gr.Textbox(label="Or a folder on this machine (read in place)",
                                            placeholder="/home/me/pictures/cat", elem_id="pre_server_folder")
+                toy_btn = gr.Button("Or the toy example: 8 pictures of a blue circle, for the toy model",
+                                    elem_id="pre_toy_example", size="sm")
             hints = {n: h for n, h, _ in fields}
             defaults = {n: d for n, _, d in fields}
 
@@ -298,6 +318,13 @@ def build(ctx: AppContext) -> Refresh:
 
     run_btn.click(run_fn, [name, files, folder_files, server_folder, *form], status, api_name="preprocess",
                   concurrency_id="pre_ctl", concurrency_limit=1)
+
+    @user_errors("Toy example")
+    def toy_fn(n):
+        message, made = toy_example(ctx, n)
+        return message, gr.Dropdown(choices=ctx.datasets(), value=made), caption_grid(ctx, made)
+
+    toy_btn.click(toy_fn, name, [status, dataset, grid], api_name="preprocess_toy_example")
 
     @user_errors("Stop")
     def stop_fn():
