@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cli import CliError
 from cli.common import data_dir, print_json
-from embeddings.create import create_embedding, plan_embedding
+from embeddings.create import create_embedding, plan_embedding, start_from_embedding
 from embeddings.embedding import EmbeddingError
 from embeddings.families import known_widths
 from embeddings.formats import FORMATS, export_name, load_embedding, save_embedding
@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--init-text", default="*", help="words close to the concept (default '*')")
     p.add_argument("--vectors", type=int, default=1, help="vectors per token (1-75)")
     p.add_argument("--init", choices=["text", "zeros", "random"], default="text", help="how to fill the vectors")
-    p.add_argument("--model", default="tiny", help="tiny, a diffusers folder, a .safetensors/.ckpt file or a hub id")
+    p.add_argument("--model", default="tiny", help="toy, tiny, a diffusers folder, a .safetensors/.ckpt file or a hub id")
     p.add_argument("--format", choices=["safetensors", "pt"], default="safetensors")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--kind", choices=list(KINDS), default="standard",
@@ -54,12 +54,10 @@ def run_create(args) -> int:
     print(f"model: {model.label}")
     if args.start_from:
         base = EmbeddingLibrary.for_data(dd).resolve(args.start_from).require_embedding()
-        if base.kind != "standard":
-            raise CliError(f"--from {args.start_from}: a {base.kind} embedding; start from a standard one")
-        reason = base.mismatch_reason(model.widths)
-        if reason:
-            raise CliError(f"--from {args.start_from}: {reason}")
-        emb = base.copy(name=args.name.strip(), step=0)
+        try:
+            emb = start_from_embedding(base, args.name, model)
+        except EmbeddingError as e:
+            raise CliError(f"--from {args.start_from}: {e}") from None
         print(f"starting from {base.name}: {base.num_vectors} vector(s)")
     else:
         plan = plan_embedding(model.tokenizers[0], args.name, args.init_text, args.vectors, args.init)

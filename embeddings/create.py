@@ -111,3 +111,18 @@ def create_embedding(model, name: str, init_text: str, num_vectors: int, init_mo
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
+
+
+def start_from_embedding(base: Embedding, name: str, model) -> Embedding:
+    """A new embedding `name` (step 0) holding a standard embedding's vectors, e.g. a trained
+    one to refine as per-layer or per-timestep: the kind's `make` then starts every part there.
+    Raises EmbeddingError when `base` is of another kind, does not fit `model` or `name` cannot
+    be a name."""
+    if base.kind != "standard":
+        raise EmbeddingError(f"{base.name} is a {base.kind} embedding; start from a standard one")
+    reason = base.mismatch_reason(model.widths)
+    if reason:
+        raise EmbeddingError(f"{base.name}: {reason}")
+    validate_name(name, model.tokenizers[0])
+    return base.copy(name=name.strip(), step=0,
+                     metadata={**base.metadata, "started_from": base.name, "started_from_step": int(base.step)})

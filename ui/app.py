@@ -140,7 +140,8 @@ def _add_tabs(gr, ctx, demo) -> None:
         gen = generate_tab.build(ctx)
 
     # Lists go stale when another tab (or the CLI) changes the data folder: refresh on tab select.
-    t_create.select(lambda m: create_tab.refresh_models(ctx, m), create.model, create.model,
+    t_create.select(lambda m, st: (create_tab.refresh_models(ctx, m), create_tab.refresh_start_choices(ctx, st)),
+                    [create.model, create.start_from], [create.model, create.start_from],
                     api_visibility="private", show_progress="hidden")
     t_pre.select(pre.refresh_fn, pre.refresh_inputs, pre.refresh_outputs, api_visibility="private",
                  show_progress="hidden")
