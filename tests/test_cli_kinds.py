@@ -50,6 +50,9 @@ def test_create_from_a_standard_embedding(data, tiny_model, capsys):
     emb = load_embedding(data.embeddings / "fromdog.safetensors")
     assert emb.kind_info["grouping"] == "block" and emb.parts["clip_l"].shape == (16, 3, 32)
     assert all(torch.equal(g, std.vectors["clip_l"]) for g in emb.parts["clip_l"])
+    code, _, err = run(capsys, "create", "again", "--kind", "per-layer", "--from", "fromdog",
+                       "--data-dir", str(data.root))
+    assert code != 0 and "--from fromdog: fromdog is a per-layer embedding; start from a standard one" in err
     code, _, err = run(capsys, "create", "nope", "--kind", "per-layer", "--format", "pt", "--data-dir", str(data.root))
     assert code != 0 and "safetensors" in err
 
