@@ -78,7 +78,7 @@ def test_cli_and_train_tab_show_one_view_of_a_recorded_log(capsys):
     series = view.loss_series()
     assert shown.loss == {"loss": series["loss"], "smoothed": series["smoothed"], "eval": series["eval"]}
     assert list(shown.norms) == ["v0", "v1"] and sum(map(len, shown.norms.values())) == 2 * 12
-    assert shown.previews == [(p.path, f"step {p.step} · {p.prompt}") for p in view.previews]
+    assert shown.previews == [(p.path, f"step {p.step} · seed {p.seed} · {p.prompt}") for p in view.previews]
     assert f'<li class="ti-warn">⚠ {html.escape(view.warnings[0])}</li>' in shown.log  # the log: every note, newest first
     assert shown.log.index(view.messages[0]) < shown.log.index(view.messages[-1])
     assert shown.downloads == []  # the recorded files are not on this machine

@@ -354,7 +354,11 @@ def _nth(values: Sequence[float], i: int) -> float:
 
 
 def preview_items(view: JobView) -> list[tuple[str, str]]:
-    return [(p.path, f"step {p.step}" + (f" · {p.prompt}" if p.prompt else "")) for p in view.previews[-24:]]
+    """The gallery's last 24 previews, oldest first, each captioned step · seed · prompt (a row of
+    seeds at one step reads across)."""
+    return [(p.path, " · ".join(part for part in (f"step {p.step}", "" if p.seed is None else f"seed {p.seed}",
+                                                   p.prompt) if part))
+            for p in view.previews[-24:]]
 
 
 def downloads(view: JobView) -> list[str]:
