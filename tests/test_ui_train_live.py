@@ -16,6 +16,7 @@ from jobs import events as ev
 from jobs.registry import Job
 from jobs.view import JobView, ViewCache, fold
 from ui.train_tab import (
+    GALLERY_PREVIEWS,
     Sent,
     chart_columns,
     chart_delta,
@@ -23,6 +24,7 @@ from ui.train_tab import (
     live_update,
     loss_points,
     native_resolution,
+    preview_items,
     status_html,
     status_markdown,
 )
@@ -158,3 +160,17 @@ def test_native_sizes(data):
     ctx = AppContext(data=data)
     assert {name: native_resolution(ctx, name) for name in BUILTIN_MODELS} == {n: 64 for n in BUILTIN_MODELS}
     assert native_resolution(ctx, "no/such/model.safetensors") is None
+
+
+def test_the_gallery_keeps_the_first_round_beside_the_latest():
+    view = JobView()
+    fold(view, [ev.Preview(step=s, path=f"p{s}-{k}.png", prompt="a", seed=k) for s in range(0, 1000, 100)
+                for k in range(4)])
+    items = preview_items(view)
+    assert len(items) == GALLERY_PREVIEWS
+    assert [path for path, _ in items[:4]] == [f"p0-{k}.png" for k in range(4)]  # what training started from
+    assert [path for path, _ in items[4:]] == [f"p{s}-{k}.png" for s in range(500, 1000, 100) for k in range(4)]
+    assert items[5][1] == "step 500 · seed 1 · a"
+    few = JobView()
+    fold(few, [ev.Preview(step=s, path=f"q{s}.png") for s in (10, 20)])
+    assert preview_items(few) == [("q10.png", "step 10"), ("q20.png", "step 20")]

@@ -353,12 +353,22 @@ def _nth(values: Sequence[float], i: int) -> float:
     return values[i] if i < len(values) else math.nan
 
 
+GALLERY_PREVIEWS = 24
+
+
 def preview_items(view: JobView) -> list[tuple[str, str]]:
-    """The gallery's last 24 previews, oldest first, each captioned step · seed · prompt (a row of
-    seeds at one step reads across)."""
+    """The gallery: the run's first round of previews (what training started from, e.g. the
+    untrained embedding's) and then the latest ones, GALLERY_PREVIEWS in all, oldest first, each
+    captioned step · seed · prompt (a row of seeds at one step reads across)."""
+    previews = view.previews
+    first = [p for p in previews if p.step == previews[0].step] if previews else []
+    if len(previews) > GALLERY_PREVIEWS and len(first) < GALLERY_PREVIEWS // 2:
+        previews = first + previews[len(first) - GALLERY_PREVIEWS:]
+    else:
+        previews = previews[-GALLERY_PREVIEWS:]
     return [(p.path, " · ".join(part for part in (f"step {p.step}", "" if p.seed is None else f"seed {p.seed}",
                                                    p.prompt) if part))
-            for p in view.previews[-24:]]
+            for p in previews]
 
 
 def downloads(view: JobView) -> list[str]:
