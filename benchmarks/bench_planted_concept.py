@@ -46,7 +46,7 @@ def run(kind: str, lr: str, steps: int, every: int, vectors: int, batch: int, gr
         init = create_embedding(model, "planted", INIT_TEXT, vectors)
         if kind != "standard":
             k = get_kind(kind)
-            init = k.make(init, model.unet, **{o.name: grouping for o in k.options if o.name == "grouping"})
+            init = k.make(init, model.unet, model=model, **{o.name: grouping for o in k.options if o.name == "grouping"})
         save_embedding(init, data.embeddings / "planted.safetensors")
         config = TrainConfig.from_dict(dict(
             embedding="planted", dataset=str(dataset), model="toy", resolution=64, bucket_step=8, min_bucket=32,
