@@ -245,9 +245,9 @@ def test_cli_create_inspect_convert(data, tiny_model, tmp_path, capsys):
 @pytest.mark.timeout(1800)
 def test_planted_target_run_learns_on_toy(shared_data, data, tmp_path):
     """The toy model's planted concept (a blue circle it never saw, captioned by background only):
-    direct training lowers the deterministic eval loss clearly. Its vectors are ~20x the token
-    embeddings' norm on toy (7.7 against 0.33), hence the larger learning rate. Measured: 0.0503 ->
-    0.0376 after 20 steps, 0.0358 after 40 (lr 0.1, batch 4)."""
+    direct training lowers the deterministic eval loss clearly. lr 0.1 (twice standard's 0.05; the
+    learning rates direct wants are measured in docs/toy-model.md). Measured: 0.0503 -> 0.0376 after
+    20 steps, 0.0358 after 40 (batch 4)."""
     from models.toy.planted import INIT_TEXT, TEMPLATE, make_planted_dataset
 
     toy = load_base_model("toy", shared_data)  # shipped weights: a failure is a defect
