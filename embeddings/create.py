@@ -113,13 +113,19 @@ def create_embedding(model, name: str, init_text: str, num_vectors: int, init_mo
     )
 
 
+def check_start(base: Embedding) -> None:
+    """Only a standard embedding can be started from (every kind is made from standard vectors);
+    EmbeddingError otherwise. Needs no model, so a form can say it before one loads."""
+    if base.kind != "standard":
+        raise EmbeddingError(f"{base.name} is a {base.kind} embedding; start from a standard one")
+
+
 def start_from_embedding(base: Embedding, name: str, model) -> Embedding:
     """A new embedding `name` (step 0) holding a standard embedding's vectors, e.g. a trained
     one to refine as per-layer or per-timestep: the kind's `make` then starts every part there.
     Raises EmbeddingError when `base` is of another kind, does not fit `model` or `name` cannot
     be a name."""
-    if base.kind != "standard":
-        raise EmbeddingError(f"{base.name} is a {base.kind} embedding; start from a standard one")
+    check_start(base)
     reason = base.mismatch_reason(model.widths)
     if reason:
         raise EmbeddingError(f"{base.name}: {reason}")

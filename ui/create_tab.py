@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from embeddings.create import create_embedding, plan_embedding, start_from_embedding
+from embeddings.create import check_start, create_embedding, plan_embedding, start_from_embedding
 from embeddings.embedding import Embedding, EmbeddingError
 from embeddings.formats import save_embedding
 from embeddings.kinds import KINDS, get_kind
@@ -68,9 +68,8 @@ def describe_plan(ctx: AppContext, model_spec: str, name: str, init_text: str, v
             plan = plan_embedding(ctx.tokenizer(), name, init_text, int(vectors), mode)  # type: ignore[arg-type]
             lines = [f"- {line}" for line in plan.describe()]
             name = plan.name
-        elif base.kind != "standard":
-            raise EmbeddingError(f"{base.name} is a {base.kind} embedding; start from a standard one")
         else:
+            check_start(base)
             lines = [f"- Starts from **{base.name}**: its {base.num_vectors} vector(s), trained to step {base.step} "
                      "(init text, vectors and initial vectors are not used)."]
     except EmbeddingError as e:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import html
+import itertools
 import json
 import logging
 import math
@@ -361,7 +362,7 @@ def preview_items(view: JobView) -> list[tuple[str, str]]:
     untrained embedding's) and then the latest ones, GALLERY_PREVIEWS in all, oldest first, each
     captioned step · seed · prompt (a row of seeds at one step reads across)."""
     previews = view.previews
-    first = [p for p in previews if p.step == previews[0].step] if previews else []
+    first = list(itertools.takewhile(lambda p: p.step == previews[0].step, previews))
     if len(previews) > GALLERY_PREVIEWS and len(first) < GALLERY_PREVIEWS // 2:
         previews = first + previews[len(first) - GALLERY_PREVIEWS:]
     else:
