@@ -1,7 +1,7 @@
 """Helpers shared by the embedding-kind tests: a standard embedding to start from, parts moved as
 training would move them, and the two training checks every trainable kind must pass (bit-exact
 resume with every source of randomness on; non-finite steps skipped, then the run stopped with
-only finite snapshots kept)."""
+only finite snapshots kept; through `app.py train`, a SIGKILL mid-run leaves files that resume)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from embeddings.embedding import Embedding
 from embeddings.formats import load_embedding, save_embedding
 from embeddings.kinds import kind_of
 from jobs.registry import Job
+from tests.process_fixtures import sigkill_when
 from training.checkpoint import TrainState, load_bundle
 from training.run_folder import RunFolder
 from training.trainer import train
@@ -80,3 +81,24 @@ def check_non_finite_steps_stop(model, data, dataset, make: Make) -> None:
     snaps = list((data.runs / "nan" / "snapshots").glob("*.safetensors"))
     assert snaps and all(load_embedding(p).is_finite() and load_embedding(p).kind == emb.kind for p in snaps)
     assert not any(type(p).__name__ == "RoutedProcessor" for p in model.unet.attn_processors.values())
+
+
+def check_sigkill_then_resume(data, tmp_path, dataset, kind: str, **settings) -> TrainState:
+    """`app.py train` on the saved embedding "flatcol", killed with SIGKILL in the middle of its work:
+    the resume bundle and every snapshot are of `kind` (and finite), and resuming it 2 more steps
+    ends in a final embedding of `kind` at that step. Returns the killed run's bundle."""
+    from test_cli_train import _app, _config
+
+    proc = _app(data, "--config", str(_config(tmp_path, dataset, max_steps=1000, run_name="killed", **settings)))
+    run = RunFolder(data.runs / "killed")
+    sigkill_when(proc, lambda: run.bundle_path.is_file() and len(run.read_loss()) >= 3, timeout=300)
+    state = load_bundle(run.bundle_path)
+    assert state.embedding_kind == kind
+    snaps = run.snapshot_files()
+    assert snaps and all(load_embedding(p).kind == kind and load_embedding(p).is_finite() for p in snaps)
+    proc = _app(data, "--resume", str(run.path), "--steps", str(state.step + 2))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    final = load_embedding(run.final / "flatcol.safetensors")
+    assert final.kind == kind and final.step == state.step + 2
+    return state

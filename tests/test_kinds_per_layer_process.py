@@ -7,8 +7,7 @@ import pytest
 from embeddings.create import create_embedding
 from embeddings.formats import load_embedding, save_embedding
 from embeddings.kinds import PER_LAYER
-from tests.process_fixtures import sigkill_when
-from training.checkpoint import load_bundle
+from tests.kinds_fixtures import check_sigkill_then_resume
 from training.run_folder import RunFolder
 
 pytest_plugins = ["train_fixtures"]
@@ -21,21 +20,8 @@ def per_layer_embedding(tiny_model, data):
 
 
 def test_sigkill_mid_run_leaves_per_layer_files_that_resume(data, tmp_path, solid_dataset, per_layer_embedding):
-    from test_cli_train import _app, _config
-
-    cfg = _config(tmp_path, solid_dataset, max_steps=1000, run_name="killed", density_weight=0.01)
-    proc = _app(data, "--config", str(cfg))
-    run = RunFolder(data.runs / "killed")
-    sigkill_when(proc, lambda: run.bundle_path.is_file() and len(run.read_loss()) >= 3, timeout=300)
-    state = load_bundle(run.bundle_path)
-    assert state.step >= 2 and state.embedding_kind == "per-layer" and state.vectors["clip_l"].shape == (3, 2, 32)
-    snaps = run.snapshot_files()
-    assert snaps and all(load_embedding(p).kind == "per-layer" and load_embedding(p).is_finite() for p in snaps)
-    proc = _app(data, "--resume", str(run.path), "--steps", str(state.step + 2))
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
-    final = load_embedding(run.final / "flatcol.safetensors")
-    assert final.kind == "per-layer" and final.step == state.step + 2
+    state = check_sigkill_then_resume(data, tmp_path, solid_dataset, "per-layer", density_weight=0.01)
+    assert state.step >= 2 and state.vectors["clip_l"].shape == (3, 2, 32)
 
 
 @pytest.mark.slow

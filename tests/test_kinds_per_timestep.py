@@ -15,9 +15,13 @@ from embeddings.prompt import PromptEncoder, generate, prepare_conditioning, sch
 from jobs.registry import Job
 from models.load import load_base_model
 from models.toy.planted import TEMPLATE
-from tests.kinds_fixtures import check_non_finite_steps_stop, check_resume_is_bit_exact, moved, std_embedding
-from tests.process_fixtures import sigkill_when
-from training.checkpoint import load_bundle
+from tests.kinds_fixtures import (
+    check_non_finite_steps_stop,
+    check_resume_is_bit_exact,
+    check_sigkill_then_resume,
+    moved,
+    std_embedding,
+)
 from training.run_folder import RunFolder
 from training.trainer import train
 
@@ -406,7 +410,6 @@ def test_planted_timestep_target_is_fitted_better_by_per_timestep_training(data,
 
     standard, _ = run(lambda e: e, "std")
     per_timestep, emb = run(lambda e: PER_TIMESTEP.make(e, model.unet), "pts")
-    print("DBG", emb.kind, list(emb.parts), list(emb.vectors), emb.kind_info)
     gap = float((emb.parts["clip_l"][0] - emb.parts["clip_l"][1]).norm())
     print(f"planted per-timestep target, eval loss after {STEPS} steps: standard {standard:.5f}, "
           f"per-timestep {per_timestep:.5f}; anchors apart by {gap:.4f}")
@@ -415,22 +418,10 @@ def test_planted_timestep_target_is_fitted_better_by_per_timestep_training(data,
 
 
 def test_sigkill_mid_run_leaves_per_timestep_files_that_resume(tiny_model, data, tmp_path, solid_dataset):
-    from test_cli_train import _app, _config
-
     save_embedding(PER_TIMESTEP.make(std_embedding(tiny_model, "flatcol"), tiny_model.unet, anchors="3"),
                    data.embeddings / "flatcol.safetensors")
-    proc = _app(data, "--config", str(_config(tmp_path, solid_dataset, max_steps=1000, run_name="killed")))
-    run = RunFolder(data.runs / "killed")
-    sigkill_when(proc, lambda: run.bundle_path.is_file() and len(run.read_loss()) >= 3, timeout=300)
-    state = load_bundle(run.bundle_path)
-    assert state.embedding_kind == "per-timestep" and state.vectors["clip_l"].shape == (3, 2, 32)
-    snaps = run.snapshot_files()
-    assert snaps and all(load_embedding(p).kind == "per-timestep" and load_embedding(p).is_finite() for p in snaps)
-    proc = _app(data, "--resume", str(run.path), "--steps", str(state.step + 2))
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
-    final = load_embedding(run.final / "flatcol.safetensors")
-    assert final.kind == "per-timestep" and final.step == state.step + 2
+    state = check_sigkill_then_resume(data, tmp_path, solid_dataset, "per-timestep")
+    assert state.vectors["clip_l"].shape == (3, 2, 32)
 
 
 @pytest.mark.slow
