@@ -2,7 +2,7 @@
 
 A test module uses them with `pytest_plugins = ["tests.browser_fixtures", "tests.ui_fixtures"]`
 (the `browser` fixture here and the running `app` there, one of each per module) and imports the
-page helpers (`fill`, `pick`, `shot`, `images_loaded`) from here, so every browser test drives
+page helpers (`open_app`, `fill`, `pick`, `shot`, `images_loaded`) from here, so every browser test drives
 Gradio's widgets the same way.
 """
 
@@ -29,6 +29,19 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         yield b
         b.close()
+
+
+def open_app(browser, app, height: int = 1000, init_script: str | None = None, **page_kwargs):
+    """A new 1400 px wide page on the running app, returned once its tabs show. `init_script` runs
+    in the page before the app's own scripts (e.g. to count animation frames)."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": height}, **page_kwargs)
+    if init_script:
+        page.add_init_script(init_script)
+    page.goto(app.url)
+    expect(page.get_by_role("tab", name="Create")).to_be_visible(timeout=90_000)
+    return page
 
 
 def shot(page, name: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 from test_scores import SCORE_SETTINGS, make_random_clip
 
 from models.clip import clip_folder
-from tests.browser_fixtures import images_loaded, shot
+from tests.browser_fixtures import images_loaded, open_app, shot
 from tests.ui_fixtures import running_app
 
 pytest_plugins = ["train_fixtures", "tests.browser_fixtures"]
@@ -29,8 +29,7 @@ def test_evaluate_chart_suggestion_promote_grid(browser, tiny_model, data, solid
     run_dir = Path(train(cfg, tiny_model, data)["run_dir"])
 
     with running_app(data) as app:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(app.url)
+        page = open_app(browser, app)
         page.get_by_role("tab", name="Evaluate").click()
         # the tab re-reads the runs and CLIPs when shown: wait for that before picking a run
         expect(page.locator("#ev_clip_note")).to_contain_text("random-clip", timeout=120_000)

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.browser_fixtures import fill, pick, shot
+from tests.browser_fixtures import fill, open_app, pick, shot
 from tests.ui_fixtures import make_images
 
 STEPS = 4
@@ -24,13 +24,8 @@ def test_per_layer_embedding_in_browser(browser, app, tmp_path):
 
     from embeddings.formats import load_embedding
 
-    folder = app.data.datasets / "kset"
-    for path in make_images(folder, n=2, size=64, seed=3):
-        path.with_suffix(".txt").write_text("a toy on a table")
-
-    page = browser.new_page(accept_downloads=True, viewport={"width": 1400, "height": 1000})
-    page.goto(app.url)
-    expect(page.get_by_role("tab", name="Create")).to_be_visible(timeout=90_000)
+    make_images(app.data.datasets / "kset", n=2, size=64, seed=3, caption="a toy on a table")
+    page = open_app(browser, app, accept_downloads=True)
 
     # --- Create: a per-layer object and a standard style --------------------------------------------
     fill(page, "create_name", "kobj")

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.browser_fixtures import fill, pick, shot
+from tests.browser_fixtures import fill, open_app, pick, shot
 from tests.ui_fixtures import make_images
 
 STEPS = 3
@@ -26,13 +26,8 @@ def test_per_timestep_and_direct_embeddings_in_browser(browser, app, tmp_path):
 
     from embeddings.formats import load_embedding
 
-    folder = app.data.datasets / "tset"
-    for path in make_images(folder, n=2, size=64, seed=5):
-        path.with_suffix(".txt").write_text("a toy on a table")
-
-    page = browser.new_page(accept_downloads=True, viewport={"width": 1400, "height": 1000})
-    page.goto(app.url)
-    expect(page.get_by_role("tab", name="Create")).to_be_visible(timeout=90_000)
+    make_images(app.data.datasets / "tset", n=2, size=64, seed=5, caption="a toy on a table")
+    page = open_app(browser, app, accept_downloads=True)
 
     # --- Create: one of each kind -------------------------------------------------------------------
     fill(page, "create_init", "cat")

@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from tests.browser_fixtures import fill, images_loaded, pick, shot
+from tests.browser_fixtures import fill, images_loaded, open_app, pick, shot
 
 STEPS = 100
 EVERY = 25
@@ -33,9 +33,7 @@ def test_toy_previews_converge_in_browser(browser, app, toy_reader):
     from models.toy import world
     from models.toy.planted import INIT_TEXT, TEMPLATE
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1600})  # the gallery (55% of it) shows every row
-    page.goto(app.url)
-    expect(page.get_by_role("tab", name="Create")).to_be_visible(timeout=90_000)
+    page = open_app(browser, app, height=1600)  # the gallery (55% of the height) shows every row
 
     # --- Preprocess: the toy example dataset (= python -m models.toy.planted data/datasets/bluecircle) ----
     page.get_by_role("tab", name="Preprocess").click()

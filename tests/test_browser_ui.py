@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.browser_fixtures import fill, images_loaded, pick, shot
+from tests.browser_fixtures import fill, images_loaded, open_app, pick, shot
 from tests.ui_fixtures import make_images
 
 pytest_plugins = ["tests.browser_fixtures", "tests.ui_fixtures"]
@@ -24,11 +24,9 @@ def test_full_workflow_in_browser(browser, app, tmp_path):
 
     from embeddings.formats import load_embedding
 
-    page = browser.new_page(accept_downloads=True, viewport={"width": 1400, "height": 1000})
-    page.add_init_script("window.tiFrames = 0; { const raf = window.requestAnimationFrame; "
-                         "window.requestAnimationFrame = (f) => { window.tiFrames++; return raf(f); }; }")
-    page.goto(app.url)
-    expect(page.get_by_role("tab", name="Create")).to_be_visible(timeout=90_000)
+    page = open_app(browser, app, accept_downloads=True,
+                    init_script="window.tiFrames = 0; { const raf = window.requestAnimationFrame; "
+                                "window.requestAnimationFrame = (f) => { window.tiFrames++; return raf(f); }; }")
     # An idle page asks for (almost) no animation frames once the load's events are done: Gradio's
     # loading overlay used to leave a 60-a-second loop running for good (ui/gradio_fixes.py), which
     # would count 120 in every 2 s below.

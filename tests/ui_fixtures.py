@@ -62,8 +62,9 @@ def app(tmp_path_factory, shared_data):
         yield running
 
 
-def make_images(folder: Path, n: int = 3, size: int = 64, seed: int = 0) -> list[Path]:
-    """Small distinct RGB images (gradients + noise) so preprocessing and training have real input."""
+def make_images(folder: Path, n: int = 3, size: int = 64, seed: int = 0, caption: str | None = None) -> list[Path]:
+    """Small distinct RGB images (gradients + noise) so preprocessing and training have real input;
+    with `caption`, each gets a .txt caption beside it (a dataset ready to train)."""
     import numpy as np
     from PIL import Image
 
@@ -76,5 +77,7 @@ def make_images(folder: Path, n: int = 3, size: int = 64, seed: int = 0) -> list
         arr = (base + rng.integers(0, 30, base.shape)).clip(0, 255).astype("uint8")
         p = folder / f"img{i}.png"
         Image.fromarray(arr).save(p)
+        if caption is not None:
+            p.with_suffix(".txt").write_text(caption)
         out.append(p)
     return out
